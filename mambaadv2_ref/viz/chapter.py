@@ -1,0 +1,96 @@
+"""Set-up shared by every chapter of the book: seeds, profile, device and scan backend.
+
+Each chapter's second cell is::
+
+    from mambaadv2_ref.viz.chapter import setup_chapter
+    env = setup_chapter()
+
+which prints one line such as ``device=cpu, profile=tiny, scan backend=torch`` so that every page
+says where its numbers come from.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mambaadv2_ref.profiles import Profile, get_profile, resolve_device
+
+
+@dataclass(frozen=True)
+class ChapterEnv:
+    """What a chapter runs on.
+
+    Args:
+        seed: the seed given to Python, NumPy and PyTorch.
+        profile: the run profile (`tiny` without a GPU, `paper` with one, or $MAMBAADV2_PROFILE).
+        device: the torch device chosen by `resolve_device("auto")`.
+        scan_backend: the scan backend that `backend="auto"` uses on this device.
+        colab: whether the chapter runs in Google Colab.
+    """
+
+    seed: int
+    profile: Profile
+    device: torch.device
+    scan_backend: str
+    colab: bool
+
+    def summary(self) -> str:
+        """The one line that `setup_chapter` prints."""
+        return (f"device={self.device.type}, profile={self.profile.name}, "
+                f"scan backend={self.scan_backend}")
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab (its `google.colab` module is loaded)."""
+    return "google.colab" in sys.modules
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random`, NumPy and PyTorch (CPU and every GPU)."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def scan_backend_name(device: torch.device) -> str:
+    """Name the backend that the scans' `backend="auto"` picks on `device`.
+
+    mamba-ssm's kernels run only on CUDA tensors, so on a CPU the answer is always `torch`; on a
+    GPU it is `mamba_ssm` when `available_backends()` reports it usable.
+    """
+    try:
+        from mambaadv2_ref.scans import available_backends
+    except ImportError as err:  # the scans package is missing or broken: say so, do not hide it
+        return f"torch (scans package not importable: {err})"
+    usable, reason = available_backends().get("mamba_ssm", (False, "not listed"))
+    if device.type == "cuda" and usable:
+        return "mamba_ssm"
+    if device.type == "cuda":
+        return f"torch (mamba_ssm unavailable: {reason})"
+    return "torch"
+
+
+def setup_chapter(seed: int = 0, profile: str | None = None, device: str = "auto") -> ChapterEnv:
+    """Seed everything, pick the profile and device, and print them with the scan backend.
+
+    Args:
+        seed: seed for Python, NumPy and PyTorch.
+        profile: profile name; None takes $MAMBAADV2_PROFILE, else `paper` on a GPU, else `tiny`.
+        device: "auto" (cuda when available, else cpu), "cpu" or "cuda[:N]".
+
+    Returns:
+        The `ChapterEnv` that the chapter passes on (``env.device``, ``env.profile``...).
+    """
+    seed_everything(seed)
+    chosen_device = resolve_device(device)
+    env = ChapterEnv(seed=seed, profile=get_profile(profile), device=chosen_device,
+                     scan_backend=scan_backend_name(chosen_device), colab=in_colab())
+    print(env.summary())
+    return env
