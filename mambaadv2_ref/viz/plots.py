@@ -1,0 +1,264 @@
+"""Pure plotting functions for the book: each takes tensors or arrays and returns a Figure.
+
+The figures are plain `matplotlib.figure.Figure` objects (not pyplot's), so a notebook shows a
+returned figure exactly once and tests can build them without a display. The widgets in
+`widgets.py` redraw these figures when a slider moves; the book also shows them statically.
+
+Glossary: kernel -> K (chapter 2), M -> a materialised (L, L) sequence-mixing matrix such as
+L o C B^T (chapter 4), maps -> anomaly maps (H, W), masks -> ground-truth masks (H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from mambaadv2_ref.scans.lti import (
+    continuous_impulse_response,
+    discretize,
+    kernel_matrix,
+    ssm_kernel,
+    ssm_recurrent,
+)
+
+
+def _numpy(x, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """x as a float NumPy array with `ndim` dimensions, or a ValueError naming `name`."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if arr.ndim not in ndims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, "
+                         f"got shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def plot_curves(curves: Mapping[str, tuple], xlabel: str = "", ylabel: str = "",
+                title: str = "", logx: bool = False, logy: bool = False,
+                figsize=(6, 3.5)) -> Figure:
+    """Line plot of named curves.
+
+    Args:
+        curves: name -> (x, y), each a 1-D sequence of the same length.
+        xlabel, ylabel, title: axis labels and title.
+        logx, logy: logarithmic axes.
+        figsize: figure size in inches.
+
+    Returns:
+        Figure with one Axes holding one line per curve (and a legend).
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one name -> (x, y) pair")
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    for name, (x, y) in curves.items():
+        x, y = _numpy(x, f"x of {name!r}", 1), _numpy(y, f"y of {name!r}", 1)
+        if x.shape != y.shape:
+            raise ValueError(f"x and y of {name!r} must have the same length, got "
+                             f"{x.shape} and {y.shape}")
+        ax.plot(x, y, marker="o" if len(x) <= 12 else None, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_kernels(kernels: Mapping[str, torch.Tensor], dt: float | None = None,
+                 continuous: tuple | None = None, title: str = "SSM kernels",
+                 figsize=(6, 3.5)) -> Figure:
+    """Discrete kernels K_k as stems, optionally divided by dt over the continuous response.
+
+    Args:
+        kernels: name -> (L,) kernel.
+        dt: step; when given, the x axis is time k dt and kernels are divided by dt, so they
+            compare with the continuous impulse response y(t).
+        continuous: optional (t, y) of the continuous impulse response, drawn as a line.
+        title: axes title.
+        figsize: figure size in inches.
+
+    Returns:
+        Figure with one Axes: a line per kernel (plus the continuous curve).
+    """
+    if not kernels:
+        raise ValueError("kernels must hold at least one name -> kernel pair")
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    if continuous is not None:
+        t, y = (_numpy(v, "continuous", 1) for v in continuous)
+        ax.plot(t, y, color="black", lw=1.5, label="continuous y(t)")
+    for name, kernel in kernels.items():
+        k = _numpy(kernel, f"kernel {name!r}", 1)
+        steps = np.arange(len(k))
+        x, y = (steps * dt, k / dt) if dt else (steps, k)
+        ax.plot(x, y, marker=".", ls="--", lw=1, label=name)
+    ax.set(xlabel="time t = k dt" if dt else "lag k", ylabel="K_k / dt" if dt else "K_k",
+           title=title)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_matrices(matrices: Mapping[str, torch.Tensor], cmap: str = "RdBu_r",
+                  symmetric: bool = True, size: float = 3.0) -> Figure:
+    """Materialised (L, L) matrices side by side as images (e.g. the mask L and L o C B^T).
+
+    Args:
+        matrices: title -> (L, L) matrix (rows t: outputs, columns s: inputs).
+        cmap: colour map.
+        symmetric: colour limits +-max|M| (diverging data) instead of min..max.
+        size: width of each panel in inches.
+
+    Returns:
+        Figure with one image Axes per matrix, each with a colour bar.
+    """
+    if not matrices:
+        raise ValueError("matrices must hold at least one title -> matrix pair")
+    fig = Figure(figsize=(size * len(matrices) + 0.6, size), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(matrices)))
+    for ax, (name, m) in zip(axes, matrices.items(), strict=True):
+        m = _numpy(m, f"matrix {name!r}", 2)
+        vmax = float(np.abs(m).max()) or 1.0
+        limits = dict(vmin=-vmax, vmax=vmax) if symmetric else {}
+        image = ax.imshow(m, cmap=cmap, interpolation="nearest", **limits)
+        ax.set(title=name, xlabel="input position s", ylabel="output position t")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def ssm_explorer_figure(dt: float, A: float, trap: float = 0.5, angle: float = 0.0,
+                        length: int = 32, seed: int = 0) -> Figure:
+    """The SSM explorer's picture for a one-state system with eigenvalue A + i angle.
+
+    Left: the continuous impulse response y(t) = Re(exp((A + i angle) t)) and the discrete
+    kernel K_k / dt of the exponential trapezoid with factor `trap`. Middle: the kernel as the
+    materialised lower-triangular matrix M[t, s] = K_{t-s}. Right: for a random input, the
+    recurrence and the matrix form y = M u, drawn on top of each other (they coincide).
+
+    Args:
+        dt, A, trap, angle: see `mambaadv2_ref.scans.lti.impulse_response`.
+        length: number of steps L.
+        seed: seed of the random input.
+
+    Returns:
+        Figure with three Axes.
+    """
+    A_complex = torch.tensor([complex(A, angle)], dtype=torch.complex128)
+    one = torch.ones(1, dtype=torch.complex128)
+    system = discretize("exp_trapezoid", dt, A_complex, one, trap=trap)
+    kernel = ssm_kernel(system.A_bar, system.B_bar, one, length, B_bar_prev=system.B_bar_prev)
+    t = torch.linspace(0, dt * (length - 1), 200, dtype=torch.float64)
+    u = torch.randn(length, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    y_rec = ssm_recurrent(system.A_bar, system.B_bar, one, u, B_bar_prev=system.B_bar_prev)
+    M = kernel_matrix(kernel)
+    y_mat = M @ u
+    kernel, t, y_rec, y_mat, M = (v.numpy() for v in (kernel, t, y_rec, y_mat, M))
+    y_cont = continuous_impulse_response(A_complex, one, one, torch.from_numpy(t)).numpy()
+
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    ax_k, ax_m, ax_y = fig.subplots(1, 3)
+    ax_k.plot(t, y_cont, color="black", label="continuous y(t)")
+    ax_k.plot(dt * np.arange(length), kernel / dt, "o--", ms=3, lw=1, label="K_k / dt")
+    ax_k.set(xlabel="time t", title=f"impulse response (dt={dt:g}, A={A:g}, "
+             f"trap={trap:g}, angle={angle:g})")
+    ax_k.title.set_fontsize("small")
+    ax_k.legend(fontsize="small")
+    vmax = float(np.abs(M).max()) or 1.0
+    image = ax_m.imshow(M, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax_m, shrink=0.8)
+    ax_m.set(title="matrix form M[t, s] = K[t-s]", xlabel="input s", ylabel="output t")
+    ax_y.plot(y_rec, lw=3, alpha=0.5, label="recurrence")
+    ax_y.plot(y_mat, "k.", ms=4, label="matrix form M u")
+    err = float(np.abs(y_rec - y_mat).max())
+    ax_y.set(xlabel="step t", title=f"same output (max |diff| = {err:.1e})")
+    ax_y.legend(fontsize="small")
+    for ax in (ax_k, ax_y):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_heatmap_overlay(image, maps, masks=None, alpha: float = 0.5,
+                         threshold: float | None = None, title: str = "",
+                         size: float = 3.0) -> Figure:
+    """An image, its anomaly map overlaid, and the ground-truth mask.
+
+    Args:
+        image: (H, W, 3) RGB in [0, 1] or (H, W) grey.
+        maps: (H, W) anomaly map (any range; drawn with its own colour limits).
+        masks: optional (H, W) ground-truth mask in {0, 1}, drawn as a contour and its own panel.
+        alpha: opacity of the map over the image, in [0, 1].
+        threshold: optional map value; pixels above it are outlined as the predicted region.
+        title: title of the overlay panel.
+        size: width of each panel in inches.
+
+    Returns:
+        Figure with 2 Axes (image, overlay) or 3 (plus the mask).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    image = np.clip(_numpy(image, "image", (2, 3)), 0, 1)
+    maps = _numpy(maps, "maps", 2)
+    if image.shape[:2] != maps.shape:
+        raise ValueError(f"image (H, W, 3) and maps (H, W) must share H, W, got {image.shape} "
+                         f"and {maps.shape}")
+    panels = 2 if masks is None else 3
+    fig = Figure(figsize=(size * panels, size), layout="constrained")
+    axes = fig.subplots(1, panels)
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("image")
+    axes[1].imshow(image, cmap="gray")
+    overlay = axes[1].imshow(maps, cmap="jet", alpha=alpha)
+    fig.colorbar(overlay, ax=axes[1], shrink=0.8)
+    axes[1].set_title(title or "anomaly map")
+    if threshold is not None:
+        axes[1].contour(maps > threshold, levels=[0.5], colors="white", linewidths=1)
+    if masks is not None:
+        masks = _numpy(masks, "masks", 2)
+        if masks.shape != maps.shape:
+            raise ValueError(f"masks must have the shape of maps {maps.shape}, got {masks.shape}")
+        if masks.any():
+            axes[1].contour(masks, levels=[0.5], colors="red", linewidths=1)
+        axes[2].imshow(masks, cmap="gray", vmin=0, vmax=1)
+        axes[2].set_title("ground-truth mask")
+    for ax in axes:
+        ax.set_axis_off()
+    return fig
+
+
+def plot_image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 6,
+                    size: float = 1.8, cmap: str = "gray") -> Figure:
+    """A grid of images (RGB (H, W, 3) in [0, 1] or single-channel (H, W)) with titles.
+
+    Args:
+        images: sequence of images.
+        titles: optional titles, one per image.
+        ncols: number of columns.
+        size: side of each panel in inches.
+        cmap: colour map for single-channel images.
+
+    Returns:
+        Figure with one image Axes per image (empty cells hidden).
+    """
+    if len(images) == 0:
+        raise ValueError("images must hold at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"titles must have one entry per image ({len(images)}), "
+                         f"got {len(titles)}")
+    ncols = min(ncols, len(images))
+    nrows = -(-len(images) // ncols)
+    fig = Figure(figsize=(size * ncols, size * nrows + 0.3 * (titles is not None)),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(_numpy(images[i], f"images[{i}]", (2, 3)), cmap=cmap)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize="small")
+    return fig

@@ -1,0 +1,77 @@
+"""Thin ipywidgets wrappers: sliders that redraw a figure from `plots.py`.
+
+All the computing lives in pure, tested functions (`plots.ssm_explorer_figure`,
+`heatmaps.heatmap_explorer_figure`); a widget here only holds the controls and an Output area.
+Every book cell that shows a widget also draws the same figure statically, so the HTML page
+shows something without a running kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import ipywidgets as widgets
+from IPython.display import display
+from matplotlib.figure import Figure
+
+from mambaadv2_ref.viz.plots import ssm_explorer_figure
+
+
+def figure_explorer(draw: Callable[..., Figure], controls: dict[str, widgets.ValueWidget],
+                    columns: int = 4) -> widgets.VBox:
+    """Controls above an Output area that shows `draw(**values)` and redraws on every change.
+
+    Args:
+        draw: function of the controls' values (by keyword) returning a Figure.
+        controls: keyword -> widget with a `.value`.
+        columns: number of controls per row.
+
+    Returns:
+        VBox(rows of controls..., Output). The Output holds the current figure.
+    """
+    if not controls:
+        raise ValueError("controls must hold at least one keyword -> widget pair")
+    output = widgets.Output()
+
+    def redraw(_change=None) -> None:
+        figure = draw(**{name: c.value for name, c in controls.items()})
+        output.clear_output(wait=True)
+        with output:
+            display(figure)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    items = list(controls.values())
+    rows = [widgets.HBox(items[i:i + columns]) for i in range(0, len(items), columns)]
+    return widgets.VBox([*rows, output])
+
+
+def ssm_explorer(dt: float = 0.1, A: float = -0.5, trap: float = 0.5, angle: float = 2.0,
+                 length: int = 32) -> widgets.VBox:
+    """SSM explorer: dt, A, trapezoid factor and rotary angle -> `plots.ssm_explorer_figure`.
+
+    Args:
+        dt, A, trap, angle: initial slider values (see `scans.lti.impulse_response`).
+        length: number of steps shown.
+
+    Returns:
+        The widget (sliders and the figure).
+    """
+    style = {"description_width": "initial"}
+    controls = {
+        "dt": widgets.FloatLogSlider(value=dt, base=10, min=-2, max=0, step=0.05,
+                                     description="dt", style=style),
+        "A": widgets.FloatSlider(value=A, min=-5.0, max=0.0, step=0.05, description="A",
+                                 style=style),
+        "trap": widgets.FloatSlider(value=trap, min=0.0, max=1.0, step=0.05,
+                                    description="trapezoid λ", style=style),
+        "angle": widgets.FloatSlider(value=angle, min=0.0, max=2 * math.pi, step=0.1,
+                                     description="angle θ", style=style),
+    }
+
+    def draw(dt, A, trap, angle):
+        return ssm_explorer_figure(dt=dt, A=A, trap=trap, angle=angle, length=length)
+
+    return figure_explorer(draw, controls)
