@@ -180,7 +180,6 @@ def save_checkpoint(run_dir, model: torch.nn.Module, optimizer=None, *, step: in
     run_dir.mkdir(parents=True, exist_ok=True)
     if meta.get("model") not in MODEL_NAMES:
         raise ValueError(f"meta['model'] must be one of {MODEL_NAMES}, got {meta.get('model')!r}")
-    old = _read_manifest(run_dir) if (run_dir / MANIFEST).exists() else None
     files = {}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     files["weights"] = _save_tensors(run_dir, f"weights-step{step:07d}.safetensors", state)
@@ -193,11 +192,11 @@ def save_checkpoint(run_dir, model: torch.nn.Module, optimizer=None, *, step: in
                 "optimizer": optim_meta,
                 "files": {k: {"name": p.name, "sha256": _sha256(p)} for k, p in files.items()}}
     write_json(run_dir / MANIFEST, manifest)
-    if old is not None:
-        keep = {p.name for p in files.values()}
-        for entry in old.get("files", {}).values():
-            if entry["name"] not in keep:
-                (run_dir / entry["name"]).unlink(missing_ok=True)
+    keep = {p.name for p in files.values()}
+    for stale in [*run_dir.glob("weights-step*.safetensors"),
+                  *run_dir.glob("optimizer-step*.safetensors")]:
+        if stale.name not in keep:  # the previous step's files, or a crashed save's
+            stale.unlink(missing_ok=True)
     return run_dir / MANIFEST
 
 
@@ -269,10 +268,15 @@ def _load_tensors(run_dir: Path, entry: dict) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
 def config_diff(stored: dict, wanted: dict) -> list[str]:
     """List the keys where two config dicts differ (compared as JSON), as 'key: a -> b'."""
     stored, wanted = json.loads(json.dumps(stored)), json.loads(json.dumps(wanted))
-    absent = "<absent>"
+    absent = _Absent()
     keys = sorted(set(stored) | set(wanted))
     return [f"{k}: {stored.get(k, absent)!r} -> {wanted.get(k, absent)!r}" for k in keys
             if k not in stored or k not in wanted or stored[k] != wanted[k]]
