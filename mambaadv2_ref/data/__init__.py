@@ -1,0 +1,24 @@
+"""Data: MVTec-layout datasets, ImageNet normalisation, the embedded default dataset.
+
+    transforms  IMAGENET_MEAN / IMAGENET_STD, normalise / denormalise, image and mask loading
+    mvtec       MVTecDataset, list_classes (MVTec AD, VisA converted, BSData, embedded)
+    defects     synthetic defects with exact masks
+    embedded    embedded_dataset_root (built once, cached), make_tiny_dataset (for tests)
+    download    resumable, checksummed downloads and extraction (used by data_scripts/)
+    visa        VisA -> MVTec layout conversion
+"""
+
+from mambaadv2_ref.data.embedded import embedded_dataset_root, make_tiny_dataset
+from mambaadv2_ref.data.mvtec import MVTecDataset, list_classes
+from mambaadv2_ref.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalise, normalise
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MVTecDataset",
+    "denormalise",
+    "embedded_dataset_root",
+    "list_classes",
+    "make_tiny_dataset",
+    "normalise",
+]
