@@ -1,0 +1,154 @@
+"""Threshold sweeps for binary scores: ROC and precision-recall counts, AUROC, AP, F1max.
+
+Both ways of counting give, for thresholds t_1 > t_2 > ... (a prediction is positive when
+score >= t_k), the cumulative true and false positive counts TP_k and FP_k:
+
+- exact: every distinct score is a threshold (sort the scores; what scikit-learn does);
+- binned: scores are bucketed into `num_bins` equal-width bins between their min and max and
+  counted with histograms, streaming over chunks, so memory stays O(chunk + bins) for the
+  N x H x W pixels of a large test set. Binned counts are exactly the exact counts of the
+  bucketed scores (tested), and approach the exact metrics as bins grow.
+
+From the counts, with P positives and N negatives:
+
+    AUROC = trapezoid of TPR = TP/P over FPR = FP/N, from (0, 0)             (1)
+    AP    = sum_k (R_k - R_{k-1}) * P_k,  P_k = TP_k/(TP_k+FP_k), R_k = TP_k/P  (2)
+    F1max = max_k 2 TP_k / (TP_k + FP_k + P)                                  (3)
+
+(3) is 2PR/(P+R) rewritten with counts; it is the max over the whole PR curve (exact), not
+ADer's max over 20 normalised thresholds 0, 0.05, ..., 1 for pixels, which can only be lower.
+
+Glossary: scores s, labels y in {0, 1}, tps TP_k, fps FP_k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def exact_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (TP_k, FP_k) at every distinct score, thresholds descending.
+
+    Args:
+        scores: (M,) finite floats. labels: (M,) bool or {0, 1}.
+
+    Returns:
+        tps, fps: int64 arrays (K,), K = number of distinct scores.
+    """
+    scores = np.asarray(scores).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
+    tps = np.cumsum(labels[order], dtype=np.int64)[last_of_run]
+    fps = last_of_run + 1 - tps
+    return tps, fps
+
+
+def binned_counts(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], lo: float, hi: float, num_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (TP_k, FP_k) at num_bins equal-width bins over [lo, hi], thresholds descending.
+
+    Args:
+        chunks: iterable of (scores, labels) arrays of any matching shape, e.g. one image each.
+        lo, hi: range of all scores (bins: floor((s - lo) / (hi - lo) * num_bins), clipped).
+        num_bins: number of bins (thresholds).
+
+    Returns:
+        tps, fps: int64 arrays (num_bins,), the exact counts of the bucketed scores.
+    """
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+    pos = np.zeros(num_bins, np.int64)
+    neg = np.zeros(num_bins, np.int64)
+    for scores, labels in chunks:
+        b = bin_index(np.asarray(scores).ravel(), lo, hi, num_bins)
+        y = np.asarray(labels).ravel().astype(bool)
+        pos += np.bincount(b[y], minlength=num_bins)
+        neg += np.bincount(b[~y], minlength=num_bins)
+    return np.cumsum(pos[::-1]), np.cumsum(neg[::-1])
+
+
+def bin_index(scores: np.ndarray, lo: float, hi: float, num_bins: int) -> np.ndarray:
+    """Equal-width bin of each score in [lo, hi] (the top edge goes to the last bin)."""
+    width = (hi - lo) / num_bins if hi > lo else 1.0
+    b = np.floor((scores.astype(np.float64) - lo) / width).astype(np.int64)
+    return np.clip(b, 0, num_bins - 1)
+
+
+def _totals(tps: np.ndarray, fps: np.ndarray) -> tuple[int, int]:
+    num_pos, num_neg = int(tps[-1]), int(fps[-1])
+    if num_pos == 0 or num_neg == 0:
+        raise ValueError(f"need positives and negatives, got P={num_pos}, N={num_neg}")
+    return num_pos, num_neg
+
+
+def auroc_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Area under the ROC curve from cumulative counts.
+
+    Args:
+        tps, fps: (K,) cumulative counts at descending thresholds (last = all positive).
+
+    Returns:
+        AUROC in [0, 1].
+
+    Implements: eq. (1).
+    """
+    num_pos, num_neg = _totals(tps, fps)
+    tpr = np.r_[0.0, tps / num_pos]
+    fpr = np.r_[0.0, fps / num_neg]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def ap_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Average precision (step-wise area under the PR curve, as scikit-learn) from counts.
+
+    Args:
+        tps, fps: (K,) cumulative counts at descending thresholds.
+
+    Returns:
+        AP in [0, 1].
+
+    Implements: eq. (2).
+    """
+    num_pos, _ = _totals(tps, fps)
+    predicted = tps + fps
+    precision = np.divide(tps, predicted, out=np.ones(len(tps)), where=predicted > 0)
+    recall = tps / num_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def f1max_from_counts(tps: np.ndarray, fps: np.ndarray) -> tuple[float, int]:
+    """Best F1 over all thresholds, and the index k of the threshold that reaches it.
+
+    Args:
+        tps, fps: (K,) cumulative counts at descending thresholds.
+
+    Returns:
+        (F1max in [0, 1], k).
+
+    Implements: eq. (3).
+    """
+    num_pos, _ = _totals(tps, fps)
+    f1 = 2 * tps / (tps + fps + num_pos)
+    k = int(np.argmax(f1))
+    return float(f1[k]), k
+
+
+def f1max_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """F1max of image scores and the score threshold (predict anomalous when s >= t) reaching it.
+
+    Args:
+        scores: (M,) finite floats. labels: (M,) {0, 1}.
+
+    Returns:
+        (F1max, t).
+    """
+    scores = np.asarray(scores).ravel()
+    tps, fps = exact_counts(scores, labels)
+    f1, k = f1max_from_counts(tps, fps)
+    thresholds = np.unique(scores)[::-1]  # same order as the counts
+    return f1, float(thresholds[k])

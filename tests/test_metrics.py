@@ -1,0 +1,169 @@
+"""Metrics against scikit-learn, hand-computed cases, the AUPRO loop reference, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from mambaadv2_ref.metrics import (
+    ALL_KEYS,
+    aggregate,
+    aupro,
+    compute_metrics,
+    f1max_threshold,
+    image_metrics,
+    mad,
+    pixel_metrics,
+)
+from mambaadv2_ref.metrics.aupro import aupro_from_curve, pro_curve, pro_curve_loop, pro_thresholds
+from mambaadv2_ref.metrics.curves import (
+    ap_from_counts,
+    auroc_from_counts,
+    bin_index,
+    binned_counts,
+    exact_counts,
+    f1max_from_counts,
+)
+
+
+def _sk_f1max(labels, scores):
+    p, r, _ = precision_recall_curve(labels, scores)
+    return np.max(np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0))
+
+
+def _class_data(seed, n=12, size=24, separation=0.6):
+    """Maps with a few rectangular (sometimes touching) defects on half the images."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(int)
+    masks = np.zeros((n, size, size), bool)
+    for i in np.flatnonzero(labels):
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, size - 6, 2)
+            masks[i, y:y + rng.integers(1, 6), x:x + rng.integers(1, 6)] = True
+    maps = rng.random((n, size, size)) + separation * masks * rng.random((n, size, size))
+    return maps.reshape(n, -1).max(1), labels, maps, masks
+
+
+def test_hand_computed_image_metrics():
+    scores, labels = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
+    m = image_metrics(scores, labels)
+    assert m["I-AUROC"] == pytest.approx(0.75)
+    assert m["I-AP"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["I-F1max"] == pytest.approx(0.8)  # threshold 0.35: TP 2, FP 1, FN 0
+    assert f1max_threshold(scores, labels) == (pytest.approx(0.8), 0.35)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_image_and_pixel_metrics_match_sklearn(seed):
+    scores, labels, maps, masks = _class_data(seed)
+    scores = np.round(scores, 1)  # ties
+    maps = np.round(maps, 2)
+    m = compute_metrics(scores, labels, maps, masks)
+    assert m["I-AUROC"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert m["I-AP"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert m["I-F1max"] == pytest.approx(_sk_f1max(labels, scores), abs=1e-12)
+    y, s = masks.ravel(), maps.ravel()
+    assert m["P-AUROC"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["P-AP"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert m["P-F1max"] == pytest.approx(_sk_f1max(y, s), abs=1e-12)
+    assert m["mAD"] == pytest.approx(np.mean([m[k] for k in ALL_KEYS[:-1]]))
+    assert all(0 <= m[k] <= 1 for k in ALL_KEYS)
+
+
+def test_binned_counts_are_exact_counts_of_bucketed_scores():
+    _, _, maps, masks = _class_data(5)
+    lo, hi, bins = float(maps.min()), float(maps.max()), 50
+    tps_b, fps_b = binned_counts(zip(maps, masks, strict=True), lo, hi, bins)
+    tps_e, fps_e = exact_counts(bin_index(maps.ravel(), lo, hi, bins), masks.ravel())
+    occupied = np.r_[True, np.diff(tps_b + fps_b) > 0]  # empty bins repeat the previous point
+    np.testing.assert_array_equal(tps_b[occupied], tps_e)
+    np.testing.assert_array_equal(fps_b[occupied], fps_e)
+    for f in (auroc_from_counts, ap_from_counts):
+        assert f(tps_b, fps_b) == pytest.approx(f(tps_e, fps_e), abs=1e-12)
+    assert f1max_from_counts(tps_b, fps_b)[0] == pytest.approx(f1max_from_counts(tps_e, fps_e)[0])
+
+
+def test_binned_pixel_metrics_approach_exact():
+    _, _, maps, masks = _class_data(6, n=16, size=32)
+    exact = pixel_metrics(maps, masks)
+    binned = pixel_metrics(maps, masks, method="binned", num_bins=4096)
+    for k in ("P-AUROC", "P-AP", "P-F1max"):
+        assert binned[k] == pytest.approx(exact[k], abs=2e-3), k
+    assert binned["AUPRO"] == exact["AUPRO"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aupro_histogram_equals_loop(seed):
+    _, _, maps, masks = _class_data(seed, separation=1.0)
+    masks[-1, 0, 0] = masks[-1, 1, 1] = True  # diagonal neighbours: one 8-connected region
+    thresholds = pro_thresholds(maps, 37)
+    fpr_fast, pro_fast = pro_curve(maps.astype(np.float32), masks, thresholds)
+    fpr_loop, pro_loop = pro_curve_loop(maps.astype(np.float32), masks, thresholds)
+    np.testing.assert_allclose(fpr_fast, fpr_loop, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(pro_fast, pro_loop, rtol=0, atol=1e-12)
+    value = aupro(maps, masks, 37)
+    assert value == aupro(maps, masks, 37, method="loop") and 0 <= value <= 1
+
+
+def test_aupro_hand_cases():
+    _, _, maps, masks = _class_data(7, n=20, size=32)
+    assert aupro(masks.astype(float), masks) == 1.0  # perfect map: vertical curve at PRO 1
+    assert aupro(1.0 - masks, masks) == 0.0  # defects get the lowest score
+    noise = np.random.default_rng(0).random(masks.shape)
+    # uninformative map: PRO ~= FPR on [0, 0.3), rescaled to [0, 1] -> area ~= 0.3 / 2
+    assert aupro(noise, masks, 200) == pytest.approx(0.15, abs=0.02)
+    # by hand: points (FPR, PRO) = (0.2, 0.8), (0.1, 0.5), (0, 0); (0.5, 1) dropped
+    fpr, pro = np.array([0.5, 0.2, 0.1, 0.0]), np.array([1.0, 0.8, 0.5, 0.0])
+    assert aupro_from_curve(fpr, pro) == pytest.approx(0.5 * (0.25 + 0.65))
+
+
+def test_accepts_torch_and_channel_dim():
+    scores, labels, maps, masks = _class_data(8)
+    ref = compute_metrics(scores, labels, maps, masks)
+    got = compute_metrics(torch.from_numpy(scores), torch.from_numpy(labels),
+                          torch.from_numpy(maps)[:, None], torch.from_numpy(masks).float()[:, None])
+    assert got == pytest.approx(ref)
+    assert set(compute_metrics(scores, labels)) == {"I-AUROC", "I-AP", "I-F1max"}
+
+
+def test_aggregate_is_the_mean_over_classes():
+    per_class = {f"c{i}": compute_metrics(*_class_data(i)) for i in range(3)}
+    mean = aggregate(per_class)
+    assert list(mean) == list(ALL_KEYS)
+    for k in ALL_KEYS:
+        assert mean[k] == pytest.approx(np.mean([m[k] for m in per_class.values()]))
+    assert mean["mAD"] == pytest.approx(mad(mean))
+    with pytest.raises(ValueError, match="empty"):
+        aggregate({})
+    with pytest.raises(ValueError, match="different keys"):
+        aggregate({"a": {"I-AUROC": 1.0}, "b": {"I-AP": 1.0}})
+
+
+def test_bad_input_is_named():
+    scores, labels, maps, masks = _class_data(9)
+    with pytest.raises(ValueError, match="class 'screw'.*no anomalous"):
+        compute_metrics(scores, np.zeros_like(labels), cls="screw")
+    with pytest.raises(ValueError, match="no normal"):
+        compute_metrics(scores, np.ones_like(labels))
+    with pytest.raises(ValueError, match="scores has 1 NaN"):
+        compute_metrics(np.r_[np.nan, scores[1:]], labels)
+    bad_maps = maps.copy()
+    bad_maps[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="maps has 1 NaN/inf"):
+        compute_metrics(scores, labels, bad_maps, masks)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        compute_metrics(scores[:-1], labels)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        compute_metrics(scores, labels, maps[:, :-1], masks)
+    with pytest.raises(ValueError, match="masks is None"):
+        compute_metrics(scores, labels, maps, None)
+    with pytest.raises(ValueError, match="0/1"):
+        compute_metrics(scores, labels, maps, masks * 255)
+    with pytest.raises(ValueError, match="no anomalous pixel"):
+        compute_metrics(scores, labels, maps, np.zeros_like(masks))
+    wrong = masks.copy()
+    wrong[0, 3, 3] = True
+    with pytest.raises(ValueError, match=r"images \[0\] are labelled good"):
+        compute_metrics(scores, labels, maps, wrong)
+    with pytest.raises(ValueError, match="method"):
+        pixel_metrics(maps, masks, method="fast")
