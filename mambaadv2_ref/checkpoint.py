@@ -14,6 +14,9 @@ A run directory holds
 fsync), and only then deletes the files of the previous step. A crash at any moment therefore
 leaves a manifest that points at complete files: the previous checkpoint or the new one.
 
+`build_detector` builds any of the three detectors by name; `load_detector` rebuilds one from a
+manifest (encoder weights come from the checkpoint, never downloaded again) and loads its state.
+
 Glossary: `state` the model's state dict; `optim_tensors` / `optim_meta` the optimizer state dict
 split into tensors (safetensors) and JSON scalars; `meta` the JSON manifest.
 """
@@ -25,7 +28,7 @@ import json
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +283,71 @@ def config_diff(stored: dict, wanted: dict) -> list[str]:
     keys = sorted(set(stored) | set(wanted))
     return [f"{k}: {stored.get(k, absent)!r} -> {wanted.get(k, absent)!r}" for k in keys
             if k not in stored or k not in wanted or stored[k] != wanted[k]]
+
+
+# ----------------------------------------------------------------------------- detectors
+def model_config_fields(model: str) -> set[str]:
+    """Names of the config fields of detector `model` (what `--set` may override)."""
+    from mambaadv2_ref.model.config import ModelConfig
+    from mambaadv2_ref.model.patchcore import PatchCoreConfig
+
+    if model not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {MODEL_NAMES}, got {model!r}")
+    return {f.name for f in fields(PatchCoreConfig if model == "patchcore" else ModelConfig)}
+
+
+def build_detector(model: str, profile: str = "tiny", encoder: str | None = None,
+                   pretrained: bool = True, overrides: dict | None = None) -> torch.nn.Module:
+    """Build a detector by name: `build_model` for mambaadv2/mambaad, else `PatchCore`.
+
+    Args:
+        model: one of MODEL_NAMES.
+        profile: size preset; PatchCore takes the preset's encoder and image size.
+        encoder: encoder name (None = the preset's).
+        pretrained: load the encoder's ImageNet weights.
+        overrides: config fields to override.
+    """
+    from mambaadv2_ref.model.config import preset
+    from mambaadv2_ref.model.patchcore import PatchCore, PatchCoreConfig
+
+    if model not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {MODEL_NAMES}, got {model!r}")
+    overrides = dict(overrides or {})
+    if model != "patchcore":
+        from mambaadv2_ref.model import build_model
+
+        return build_model(model=model, profile=profile, encoder=encoder, pretrained=pretrained,
+                           **overrides)
+    base = preset(profile)
+    values = {"encoder": encoder or base.encoder, "image_size": base.image_size, **overrides}
+    return PatchCore(PatchCoreConfig.from_dict(values), pretrained=pretrained)
+
+
+def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the detector saved in `run_dir` and load its weights (frozen encoder included).
+
+    Returns:
+        (model in eval mode on `device`, the manifest).
+    """
+    ckpt = load_checkpoint(run_dir)
+    stored = dict(ckpt.meta["model_config"])
+    name = ckpt.meta["model"]
+    if name == "patchcore":
+        fixed = {}
+        rest = stored
+    else:
+        fixed = {k: stored.pop(k) for k in ("profile", "encoder") if k in stored}
+        stored.pop("model", None)
+        rest = {k: v for k, v in stored.items() if k != "pretrained"}
+    model = build_detector(name, profile=fixed.get("profile", "tiny"),
+                           encoder=fixed.get("encoder"), pretrained=False, overrides=rest)
+    diff = [d for d in config_diff(ckpt.meta["model_config"], model.config.to_dict())
+            if not d.startswith("pretrained:")]
+    if diff:
+        raise ValueError(f"the model rebuilt from {run_dir} differs from its stored config: "
+                         + "; ".join(diff))
+    try:
+        model.load_state_dict(ckpt.state)
+    except RuntimeError as err:
+        raise ValueError(f"weights in {run_dir} do not fit model {name!r}: {err}") from err
+    return model.to(device).eval(), ckpt.meta

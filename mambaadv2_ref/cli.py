@@ -1,0 +1,166 @@
+"""Command line: `python -m mambaadv2_ref {train,evaluate,predict,bench}` (also `mambaadv2-ref`).
+
+Each subcommand parses its arguments here and calls one function of the package:
+train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict,
+bench scan -> scans.bench, bench model -> evaluate.bench_model. Errors that come from bad input
+(ValueError, FileNotFoundError) are printed as one clean message with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+from mambaadv2_ref.profiles import PROFILES
+
+MODELS = ("mambaadv2", "mambaad", "patchcore")
+
+
+def parse_sets(pairs: list[str] | None) -> dict:
+    """Parse `--set key=value` pairs; values are Python literals (1, 0.5, True, [1, 2]) or text.
+
+    Args:
+        pairs: strings "key=value".
+
+    Returns:
+        dict key -> value.
+    """
+    out = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        out[key.strip()] = value
+    return out
+
+
+def _classes(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="mambaadv2-ref", description="MambaADv2 reference: train, evaluate, predict, bench.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a detector (one model on all classes)",
+                       description="Train mambaadv2 / mambaad, or fit the patchcore memory bank.")
+    p.add_argument("--data", help="dataset root in the MVTec layout (default: embedded dataset)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="size preset (default: $MAMBAADV2_PROFILE, else paper on GPU, tiny on CPU)")
+    p.add_argument("--model", choices=MODELS, default="mambaadv2")
+    p.add_argument("--encoder", default=None, help="timm encoder name (default: the profile's)")
+    n = p.add_mutually_exclusive_group()
+    n.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    n.add_argument("--epochs", type=int, default=None, help="epochs (converted to steps)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--classes", default=None, help="comma-separated classes (default: all)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                   help="override a training or model config field (repeatable)")
+
+    p = sub.add_parser("evaluate", help="per-class metrics of a trained run",
+                       description="Evaluate a run on the test split; writes RUN/metrics.json.")
+    p.add_argument("--run", required=True, help="run directory (holds checkpoint.json)")
+    p.add_argument("--data", default=None, help="dataset root (default: the one trained on)")
+    p.add_argument("--classes", default=None, help="comma-separated classes (default: trained)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--save-maps", action="store_true", help="write RUN/maps/<class>.npz")
+
+    p = sub.add_parser("predict", help="anomaly heatmaps and scores for image files",
+                       description="Score images with a trained run; writes overlays and "
+                                   "scores.csv.")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--images", required=True, help="an image file or a folder of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--class", dest="cls", default=None,
+                   help="class whose evaluation threshold decides is_anomalous")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("bench", help="benchmarks (scan kernels, whole model)",
+                       description="Benchmarks; results are printed and saved as JSON.")
+    bsub = p.add_subparsers(dest="target", required=True)
+    b = bsub.add_parser("scan", help="scan backends (see mambaadv2_ref.scans)")
+    b.add_argument("--out", default="bench_scan.json", help="JSON file to write")
+    b.add_argument("--device", default="auto")
+    b = bsub.add_parser("model", help="training/inference images/s and peak memory")
+    b.add_argument("--model", choices=MODELS[:2], default="mambaadv2")
+    b.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    b.add_argument("--encoder", default=None)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--batch-size", type=int, default=None)
+    b.add_argument("--iters", type=int, default=5, help="timed iterations after 2 warm-ups")
+    b.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE")
+    b.add_argument("--out", default="bench_model.json", help="JSON file to write")
+    return parser
+
+
+def _train(args) -> None:
+    from mambaadv2_ref.checkpoint import model_config_fields
+    from mambaadv2_ref.profiles import default_profile_name
+    from mambaadv2_ref.train import TrainConfig, config_from_sets, train
+
+    cfg = TrainConfig(out=args.out, data=args.data, model=args.model,
+                      profile=args.profile or default_profile_name(), encoder=args.encoder,
+                      steps=args.steps, epochs=args.epochs, classes=_classes(args.classes),
+                      device=args.device, resume=args.resume)
+    cfg = config_from_sets(cfg, parse_sets(args.sets), model_config_fields(args.model))
+    meta = train(cfg)
+    print(f"trained {cfg.model}: {meta['train']['num_steps']} steps, "
+          f"{meta['train_seconds']:.1f} s; checkpoint in {cfg.out}")
+
+
+def _evaluate(args) -> None:
+    from mambaadv2_ref.evaluate import evaluate
+
+    evaluate(args.run, data=args.data, classes=_classes(args.classes), device=args.device,
+             batch_size=args.batch_size, save_maps=args.save_maps)
+
+
+def _predict(args) -> None:
+    from mambaadv2_ref.predict import predict
+
+    predict(args.run, args.images, args.out, cls=args.cls, device=args.device)
+
+
+def _bench(args) -> None:
+    if args.target == "scan":
+        from mambaadv2_ref.scans import bench
+
+        result = bench.run_benchmark(device=args.device)
+    else:
+        from mambaadv2_ref.evaluate import bench_model
+        from mambaadv2_ref.profiles import default_profile_name
+
+        result = bench_model(args.model, profile=args.profile or default_profile_name(),
+                             encoder=args.encoder, device=args.device,
+                             batch_size=args.batch_size, iters=args.iters,
+                             overrides=parse_sets(args.sets))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    print(f"saved {args.out}")
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m mambaadv2_ref` and the `mambaadv2-ref` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"mambaadv2-ref {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,354 @@
+"""Training: one model on all classes (multi-class), MambaAD's recipe, exact resume.
+
+Recipe (mambaad_family.md §1.4): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
+betas 0.9/0.999, wd 1e-4, no weight decay on 1-D parameters and biases); gradient norm clipped at
+5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on CUDA only.
+
+Exact resume: the batch of step t is a pure function of (seed, t) (`StepBatchSampler`), the
+learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
+state and the RNG states; so 6 steps straight and 3 + resume 3 give identical weights.
+
+Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
+with `DistributedSampler`, and logs and checkpoints on rank 0 only.
+
+Glossary: `num_steps` total optimisation steps; `steps_per_epoch` full batches per epoch and
+rank; `lr` base learning rate; `history` logged (step, loss, lr, images/s) records.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from mambaadv2_ref.checkpoint import (
+    MANIFEST,
+    build_detector,
+    config_diff,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
+from mambaadv2_ref.model.loss import reconstruction_loss
+from mambaadv2_ref.profiles import get_profile, resolve_device
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; `--set key=value` reaches the fields marked settable.
+
+    Args:
+        out: run directory (checkpoints, logs).
+        data: dataset root in the MVTec layout; None = the embedded dataset.
+        model: "mambaadv2", "mambaad" or "patchcore".
+        profile: "tiny", "small" or "paper" (image size, batch size, default steps, lr).
+        encoder: encoder name; None = the model's default.
+        steps: number of optimisation steps; None = from `epochs`, else the profile's.
+        epochs: number of epochs (converted to steps); exclusive with `steps`.
+        classes: class names; None = all classes of the dataset.
+        device: "auto", "cpu" or "cuda[:N]".
+        resume: continue from the checkpoint in `out`.
+        model_overrides: model config fields to override (from `--set`).
+        image_size, batch_size, lr: None = the profile's.
+        seed: seeds python, numpy, torch and the data order.
+        pretrained: load the encoder's pretrained weights.
+        checkpoint_every: save every N steps (0 = only at the end).
+        log_every: steps between history records.
+        num_workers: DataLoader worker processes.
+        weight_decay, clip_grad, lr_decay_at, lr_decay: the optimiser recipe (§1.4).
+        stop_at: stop after this many steps as if interrupted (time-boxed runs, resume tests).
+    """
+
+    out: str
+    data: str | None = None
+    model: str = "mambaadv2"
+    profile: str = "tiny"
+    encoder: str | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    classes: list[str] | None = None
+    device: str = "auto"
+    resume: bool = False
+    model_overrides: dict = field(default_factory=dict)
+    image_size: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 42
+    pretrained: bool = True
+    checkpoint_every: int = 0
+    log_every: int = 10
+    num_workers: int = 0
+    weight_decay: float = 1e-4
+    clip_grad: float = 5.0
+    lr_decay_at: float = 0.8
+    lr_decay: float = 0.1
+    stop_at: int | None = None
+
+
+SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",
+            "log_every", "num_workers", "weight_decay", "clip_grad", "lr_decay_at", "lr_decay",
+            "stop_at")
+# settings that must not change when a run is resumed
+RESUME_KEYS = ("data", "classes", "image_size", "batch_size", "lr", "seed", "num_steps",
+               "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size")
+
+
+def step_lr(step: int, num_steps: int, lr: float, decay_at: float = 0.8,
+            decay: float = 0.1) -> float:
+    """Learning rate of step `step`: `lr`, times `decay` from `decay_at * num_steps` on.
+
+    Implements: the single x0.1 StepLR decay at 80% of training (mambaad_family.md §1.4).
+    """
+    return lr * decay if step >= decay_at * num_steps else lr
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's `random`, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def param_groups(params, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices/kernels, none on 1-D parameters (biases, norms).
+
+    Implements: ADer's `get_optim` grouping (mambaad_family.md §1.4).
+    """
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class StepBatchSampler:
+    """Index batches for steps `start_step .. num_steps-1`; batch t depends only on (seed, t).
+
+    Epoch e = t // steps_per_epoch is the permutation of `DistributedSampler` seeded with
+    (seed, e) (rank's shard when distributed); batch t is slice t % steps_per_epoch of it
+    (drop_last). Resuming at step t therefore replays exactly the batches a straight run sees.
+
+    Args:
+        num_items: dataset length.
+        batch_size: per-rank batch size.
+        num_steps: last step (exclusive).
+        seed: data-order seed.
+        start_step: first step.
+        rank, world_size: process rank and count (1 = single process).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, num_steps: int, seed: int,
+                 start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank,
+                                          shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.steps_per_epoch = len(self.sampler) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size={batch_size} x world_size={world_size} exceeds the "
+                             f"{num_items} training images; lower it with --set batch_size=N")
+        self.num_steps, self.start_step = num_steps, start_step
+
+    def batch(self, step: int, order: list[int] | None = None) -> list[int]:
+        """Indices of the batch of step `step` (optionally given that epoch's order)."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if order is None:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+        return order[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __iter__(self):
+        epoch, order = None, None
+        for step in range(self.start_step, self.num_steps):
+            if step // self.steps_per_epoch != epoch:
+                epoch = step // self.steps_per_epoch
+                self.sampler.set_epoch(epoch)
+                order = list(self.sampler)
+            yield self.batch(step, order)
+
+    def __len__(self) -> int:
+        return max(0, self.num_steps - self.start_step)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables; init the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size
+
+
+def _num_steps(cfg: TrainConfig, steps_per_epoch: int, profile) -> int:
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise ValueError("give either steps or epochs, not both")
+    if cfg.epochs is not None:
+        if cfg.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+        return cfg.epochs * steps_per_epoch
+    steps = profile.num_steps if cfg.steps is None else cfg.steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or fit, for PatchCore) a detector and checkpoint it to `cfg.out`.
+
+    Args:
+        cfg: a `TrainConfig`.
+
+    Returns:
+        the checkpoint manifest (dict) of the final state.
+    """
+    rank, local_rank, world_size = _distributed()
+    device = resolve_device(cfg.device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    profile = get_profile(cfg.profile)
+    image_size = cfg.image_size or profile.image_size
+    batch_size = cfg.batch_size or profile.batch_size
+    lr = cfg.lr if cfg.lr is not None else 0.005 * batch_size * world_size / 16
+    seed_everything(cfg.seed)
+    root = Path(cfg.data) if cfg.data else embedded_dataset_root()
+    dataset = MVTecDataset(root, classes=cfg.classes, split="train", image_size=image_size)
+    classes = list(dataset.classes)
+    model = build_detector(cfg.model, profile=profile.name, encoder=cfg.encoder,
+                           pretrained=cfg.pretrained,
+                           overrides={**cfg.model_overrides, "image_size": image_size}).to(device)
+    settings = {"data": str(root), "embedded": cfg.data is None, "classes": classes,
+                "image_size": image_size, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
+                "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad,
+                "lr_decay_at": cfg.lr_decay_at, "lr_decay": cfg.lr_decay,
+                "world_size": world_size, "num_train_images": len(dataset)}
+    meta = {"model": cfg.model, "model_config": model.config.to_dict(),
+            "profile": profile.to_dict(), "train": settings, "history": [],
+            "train_seconds": 0.0, "device": str(device)}
+    if cfg.model == "patchcore":
+        if world_size > 1:
+            raise ValueError("patchcore fits its memory bank in one process; run it without "
+                             "torchrun")
+        return _fit_patchcore(model, dataset, batch_size, device, cfg, meta)
+
+    sampler_probe = StepBatchSampler(len(dataset), batch_size, 1, cfg.seed, 0, rank, world_size)
+    num_steps = _num_steps(cfg, sampler_probe.steps_per_epoch, profile)
+    settings["num_steps"] = num_steps
+    optimizer = torch.optim.AdamW(param_groups(model.parameters(), cfg.weight_decay), lr=lr,
+                                  betas=(0.9, 0.999), eps=1e-8)
+    start = 0
+    if cfg.resume and (Path(cfg.out) / MANIFEST).exists():
+        start, meta = _resume(cfg, model, optimizer, meta)
+    train_model = model
+    if world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = StepBatchSampler(len(dataset), batch_size, num_steps, cfg.seed, start, rank,
+                               world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    stop = num_steps if cfg.stop_at is None else min(cfg.stop_at, num_steps)
+    every = cfg.checkpoint_every
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    bar = tqdm(total=stop, initial=start, disable=rank != 0, desc=f"train {cfg.model}")
+    t_run = t_window = time.perf_counter()
+    window_steps, window_images, loss_sum = 0, 0, torch.zeros((), device=device)
+    for step, batch in zip(range(start, stop), loader, strict=False):
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
+        images = batch["image"].to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            enc, dec = train_model(images)
+        loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+        optimizer.step()
+        loss_sum += loss.detach()
+        window_steps += 1
+        window_images += images.shape[0] * world_size
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == stop:
+            now = time.perf_counter()
+            record = {"step": done, "loss": float(loss_sum) / window_steps,
+                      "lr": optimizer.param_groups[0]["lr"],
+                      "images_per_s": window_images / (now - t_window)}
+            meta["history"].append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            loss_sum.zero_()
+            window_steps, window_images, t_window = 0, 0, now
+        if rank == 0 and ((every and done % every == 0) or done == stop):
+            meta["train_seconds"] += time.perf_counter() - t_run
+            save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
+            t_run = time.perf_counter()
+    bar.close()
+    if world_size > 1:
+        dist.barrier()
+    return meta
+
+
+def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
+    """Load model, optimizer and RNG states from `cfg.out`; check the settings still match."""
+    ckpt = load_checkpoint(cfg.out, model_name=cfg.model, model_config=meta["model_config"],
+                           with_optimizer=True)
+    stored = {k: ckpt.meta["train"].get(k) for k in RESUME_KEYS}
+    wanted = {k: meta["train"].get(k) for k in RESUME_KEYS}
+    diff = config_diff(stored, wanted)
+    if diff:
+        raise ValueError(f"cannot resume {cfg.out}: training settings differ: " + "; ".join(diff))
+    model.load_state_dict(ckpt.state)
+    if ckpt.optimizer_state is None:
+        raise ValueError(f"cannot resume {cfg.out}: the checkpoint has no optimizer state")
+    optimizer.load_state_dict(ckpt.optimizer_state)
+    set_rng_state(ckpt.meta["rng"])
+    meta = {**meta, "history": ckpt.meta.get("history", []),
+            "train_seconds": ckpt.meta.get("train_seconds", 0.0)}
+    return ckpt.step, meta
+
+
+def _fit_patchcore(model, dataset, batch_size: int, device, cfg: TrainConfig, meta: dict):
+    """Fit PatchCore's memory bank on the training images and checkpoint it."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=cfg.num_workers)
+    t0 = time.perf_counter()
+    batches = (b["image"].to(device) for b in tqdm(loader, desc="patchcore memory bank"))
+    num_patches = model.fit(batches)
+    meta["train_seconds"] = time.perf_counter() - t0
+    meta["train"].update(num_steps=0, num_patches=num_patches,
+                         memory_bank_size=int(model.memory_bank.shape[0]))
+    save_checkpoint(cfg.out, model, None, step=0, meta=meta)
+    return meta
+
+
+def config_from_sets(cfg: TrainConfig, sets: dict, model_fields: set[str]) -> TrainConfig:
+    """Apply `--set key=value` pairs: training fields in SETTABLE, else model config fields.
+
+    Args:
+        cfg: the config to update (a copy is returned).
+        sets: parsed key -> value.
+        model_fields: names of the chosen model's config fields.
+    """
+    values = asdict(cfg)
+    overrides = dict(cfg.model_overrides)
+    for key, value in sets.items():
+        if key in SETTABLE:
+            values[key] = value
+        elif key in model_fields:
+            overrides[key] = value
+        else:
+            raise ValueError(f"--set {key}=...: unknown key. Training keys: {list(SETTABLE)}; "
+                             f"model config keys: {sorted(model_fields)}")
+    values["model_overrides"] = overrides
+    return TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)})
