@@ -180,3 +180,5 @@ def test_build_embedded_script_builds_into_a_folder(tmp_path, monkeypatch, capsy
     assert _script("build_embedded").main(["--out", str(tmp_path / "new")]) == 0
     assert "coins: train 1, test good 1, scratch 1" in capsys.readouterr().out
     assert embedded.is_complete(tmp_path / "new")
+    monkeypatch.setattr(embedded, "NUM_TRAIN", 2)  # another recipe: the folder is stale
+    assert not embedded.is_complete(tmp_path / "new")

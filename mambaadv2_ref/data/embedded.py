@@ -16,11 +16,12 @@ Glossary (code name -> meaning):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
@@ -64,10 +65,10 @@ CLASSES = (
               ("scratch", "stain", "crack", "foreign_object"), donor="grass"),
     ClassSpec("coffee", "coffee", False, (0, 0.167, 1, 0.833), (0.12, 0.2, 0.85, 0.8),
               ("crack", "stain", "missing_part", "foreign_object"),
-              background=(0.45, 0.0, 0.9, 0.1)),
+              background=(0.0, 0.0, 0.1, 0.15)),
     ClassSpec("cat", "chelsea", False, (0, 0.25, 1, 0.915), (0.15, 0.15, 0.9, 0.85),
               ("scratch", "stain", "crack", "foreign_object")),
-    ClassSpec("flower", "flower", False, (0, 0.3, 1, 0.967), (0.2, 0.3, 0.75, 0.8),
+    ClassSpec("flower", "flower", False, (0, 0.147, 1, 0.814), (0.25, 0.3, 0.7, 0.7),
               ("hole", "stain", "missing_part", "foreign_object"),
               background=(0.0, 0.0, 0.2, 0.15)),
     ClassSpec("portrait", "grace_hopper", False, (0, 0, 0.853, 1), (0.3, 0.25, 0.95, 0.75),
@@ -192,20 +193,27 @@ def build_embedded(root: str | Path, seed: int = SEED, progress: bool = True) ->
             "test_good": NUM_TEST_GOOD,
             "test_defects": {k: NUM_PER_DEFECT for k in spec.kinds},
         }
-    manifest = {"version": VERSION, "seed": seed, "image_size": IMAGE_SIZE,
-                "classes": counts, "files": files}
+    manifest = {"version": VERSION, "fingerprint": fingerprint(seed), "seed": seed,
+                "image_size": IMAGE_SIZE, "classes": counts, "files": files}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return root
 
 
-def is_complete(root: str | Path) -> bool:
-    """True when root holds a manifest of this VERSION and every file it lists exists."""
+def fingerprint(seed: int = SEED) -> str:
+    """SHA-256 of everything that shapes the dataset (version, seed, sizes, class specs)."""
+    recipe = [VERSION, seed, IMAGE_SIZE, NUM_TRAIN, NUM_TEST_GOOD, NUM_PER_DEFECT,
+              [asdict(spec) for spec in CLASSES]]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()
+
+
+def is_complete(root: str | Path, seed: int = SEED) -> bool:
+    """True when root holds a manifest of the current recipe (fingerprint) and all its files."""
     root = Path(root)
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    if manifest.get("version") != VERSION:
+    if manifest.get("fingerprint") != fingerprint(seed):
         return False
     return all((root / f).is_file() for f in manifest["files"])
 
@@ -239,6 +247,7 @@ def embedded_dataset_root(cache_dir: str | Path | None = None, progress: bool = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=parent))
     try:
         build_embedded(tmp, progress=progress)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if root.exists() and not is_complete(root):
             shutil.rmtree(root)  # an old version or a damaged copy
         try:
