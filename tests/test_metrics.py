@@ -115,6 +115,8 @@ def test_aupro_hand_cases():
     # by hand: points (FPR, PRO) = (0.2, 0.8), (0.1, 0.5), (0, 0); (0.5, 1) dropped
     fpr, pro = np.array([0.5, 0.2, 0.1, 0.0]), np.array([1.0, 0.8, 0.5, 0.0])
     assert aupro_from_curve(fpr, pro) == pytest.approx(0.5 * (0.25 + 0.65))
+    with pytest.raises(ValueError, match="max_fpr"):
+        aupro_from_curve(fpr, pro, max_fpr=0.0)
 
 
 def test_accepts_torch_and_channel_dim():

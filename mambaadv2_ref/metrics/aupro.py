@@ -24,6 +24,7 @@ from scipy import ndimage
 from skimage import measure
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+NUM_THRESHOLDS = 100  # T: MambaAD's configs (max_step=100); ADer's own default is 200
 
 
 def pro_thresholds(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
@@ -117,6 +118,8 @@ def aupro_from_curve(fpr: np.ndarray, pro: np.ndarray, max_fpr: float = 0.3) -> 
 
     Implements: eq. (4).
     """
+    if not 0 < max_fpr <= 1:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
     keep = fpr < max_fpr
     if not keep.any():
         return 0.0
@@ -135,11 +138,11 @@ def aupro_from_curve(fpr: np.ndarray, pro: np.ndarray, max_fpr: float = 0.3) -> 
 def aupro(
     maps: np.ndarray,
     masks: np.ndarray,
-    num_thresholds: int = 200,
+    num_thresholds: int = NUM_THRESHOLDS,
     max_fpr: float = 0.3,
     method: str = "binned",
 ) -> float:
-    """AUPRO of one class (MambaAD/ADer definition, T = num_thresholds, ADer's default 200).
+    """AUPRO of one class (MambaAD/ADer definition; T = num_thresholds, 100 as MambaAD).
 
     Args:
         maps: (N, H, W) finite floats. masks: (N, H, W) bool with at least one anomalous and

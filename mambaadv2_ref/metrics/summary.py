@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mambaadv2_ref.metrics.aupro import aupro
+from mambaadv2_ref.metrics.aupro import NUM_THRESHOLDS, aupro
 from mambaadv2_ref.metrics.curves import (
     ap_from_counts,
     auroc_from_counts,
@@ -89,7 +89,7 @@ def pixel_metrics(
     cls: str | None = None,
     method: str = "exact",
     num_bins: int = 4096,
-    aupro_thresholds: int = 200,
+    aupro_thresholds: int = NUM_THRESHOLDS,
     max_fpr: float = 0.3,
 ) -> dict[str, float]:
     """P-AUROC, P-AP, P-F1max and AUPRO of one class.
