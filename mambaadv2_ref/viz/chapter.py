@@ -77,8 +77,27 @@ def scan_backend_name(device: torch.device) -> str:
     return "torch"
 
 
+def use_inline_figures() -> bool:
+    """In IPython, show returned matplotlib Figures as images (`%matplotlib inline`).
+
+    The book's plots are plain `Figure` objects (see `viz.plots`); IPython learns to draw them
+    once the inline backend is on. Returns False (and does nothing) outside IPython.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    shell.run_line_magic("matplotlib", "inline")
+    return True
+
+
 def setup_chapter(seed: int = 0, profile: str | None = None, device: str = "auto") -> ChapterEnv:
     """Seed everything, pick the profile and device, and print them with the scan backend.
+
+    Also turns on inline figures in a notebook (`use_inline_figures`).
 
     Args:
         seed: seed for Python, NumPy and PyTorch.
@@ -89,6 +108,7 @@ def setup_chapter(seed: int = 0, profile: str | None = None, device: str = "auto
         The `ChapterEnv` that the chapter passes on (``env.device``, ``env.profile``...).
     """
     seed_everything(seed)
+    use_inline_figures()
     chosen_device = resolve_device(device)
     env = ChapterEnv(seed=seed, profile=get_profile(profile), device=chosen_device,
                      scan_backend=scan_backend_name(chosen_device), colab=in_colab())
