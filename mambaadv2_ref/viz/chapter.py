@@ -63,18 +63,21 @@ def scan_backend_name(device: torch.device) -> str:
     """Name the backend that the scans' `backend="auto"` picks on `device`.
 
     mamba-ssm's kernels run only on CUDA tensors, so on a CPU the answer is always `torch`; on a
-    GPU it is `mamba_ssm` when `available_backends()` reports it usable.
+    GPU it lists the mamba-ssm kernels that `available_backends()` reports usable
+    (e.g. ``mamba_ssm (s6, ssd, mamba3)``), the others falling back to torch.
     """
     try:
         from mambaadv2_ref.scans import available_backends
     except ImportError as err:  # the scans package is missing or broken: say so, do not hide it
         return f"torch (scans package not importable: {err})"
-    usable, reason = available_backends().get("mamba_ssm", (False, "not listed"))
-    if device.type == "cuda" and usable:
-        return "mamba_ssm"
-    if device.type == "cuda":
+    if device.type != "cuda":
+        return "torch"
+    usable = [name.removeprefix("mamba_ssm_") for name, (ok, _) in available_backends().items()
+              if name.startswith("mamba_ssm_") and ok]
+    if not usable:
+        reason = available_backends().get("mamba_ssm_ssd", (False, "not listed"))[1]
         return f"torch (mamba_ssm unavailable: {reason})"
-    return "torch"
+    return f"mamba_ssm ({', '.join(usable)}), torch otherwise"
 
 
 def use_inline_figures() -> bool:
