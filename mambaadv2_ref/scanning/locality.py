@@ -8,9 +8,10 @@ For an order seq over an H x W grid, with pixel p at (r_p, c_p) and time positio
 
 Small steps mean consecutive tokens are spatial neighbours (good for the recurrence's local
 continuity); a small N means spatial neighbours are close in time (the state has not decayed
-much between them). The plain mean is dominated by the few pairs that end up far apart (raster:
-every vertical pair is W steps apart); the geometric mean weighs a gap of 2 vs 1 as much as
-32 vs 16, closer to how a decaying state forgets. With K directions, N_K takes, per pair, the
+much between them). The plain mean is dominated by the far pairs (raster: every vertical pair
+is W steps apart), whose coupling a^gap has decayed to about zero whether the gap is 16 or 32;
+the geometric mean weighs a gap of 2 vs 1 as much as 32 vs 16, so it looks at the near pairs,
+where the order makes a difference. With K directions, N_K takes, per pair, the
 smallest |t_p - t_q| over the K orders: the best any direction does for that pair.
 
 Glossary: H, W grid; L = H*W; seq / order (L,) flat indices in visiting order; t time step.
