@@ -201,6 +201,14 @@ def test_directions_match_mambaad_tensor_views(curve, H, W):
     torch.testing.assert_close(got, expected.transpose(2, 3))
 
 
+def test_scan_and_unscan_gradients():
+    orders = build_orders("hilbert", 3, 4, 4)
+    x = torch.randn(1, 12, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 4, 12, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: scan(x, orders), (x,))
+    assert torch.autograd.gradcheck(lambda y: unscan(y, orders), (y,))
+
+
 def test_direction_subsets_and_reversals():
     eight = build_orders("hilbert", 6, 4, 8)
     assert torch.equal(build_orders("hilbert", 6, 4, 1), eight[:1])
@@ -224,6 +232,8 @@ def test_directions_bad_input():
         build_orders("raster", 2, 3, 3)
     with pytest.raises(ValueError, match="curve name"):
         build_orders("spiral", 2, 3, 2)
+    with pytest.raises(ValueError, match="W must be a positive int"):
+        build_orders("raster", 2, 3.0, 2)
     with pytest.raises(ValueError, match=r"\(K, L=5\)"):
         scan(torch.randn(1, 5, 2), orders)
     with pytest.raises(ValueError, match=r"\(b, L, C\)"):
@@ -321,6 +331,10 @@ def test_plan_bad_input():
                                        {"curve": "snake", "num_directions": 6}]})
     with pytest.raises(TypeError, match="stage 0"):
         ScanPlan(("hilbert",))
+    with pytest.raises(ValueError, match="stage 0: expected a dict"):
+        ScanPlan.from_dict({"stages": ["hilbert"]})
+    with pytest.raises(ValueError, match="'stages'"):
+        ScanPlan.from_dict({"name": "no stages"})
     with pytest.raises(ValueError, match="plan name"):
         get_plan("greedy")
     with pytest.raises(ValueError, match="has 4 stages, the decoder has 3"):

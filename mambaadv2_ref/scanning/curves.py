@@ -199,10 +199,15 @@ def curve_order(name: str, H: int, W: int) -> torch.Tensor:
     """
     if name not in _CURVE_FUNCTIONS:
         raise ValueError(f"curve name must be one of {list(CURVES)}, got {name!r}")
+    check_grid_size(H, W)
+    return _cached_curve_order(name, H, W).clone()
+
+
+def check_grid_size(H: int, W: int) -> None:
+    """Raise ValueError unless H and W are positive ints (bool excluded)."""
     for arg, value in (("H", H), ("W", W)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    return _cached_curve_order(name, H, W).clone()
 
 
 @lru_cache(maxsize=256)

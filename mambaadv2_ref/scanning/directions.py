@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import torch
 
-from mambaadv2_ref.scanning.curves import curve_order
+from mambaadv2_ref.scanning.curves import check_grid_size, curve_order
 
 VIEWS: tuple[str, ...] = ("identity", "transpose", "rot90", "transpose_rot90")
 NUM_DIRECTIONS: tuple[int, ...] = (1, 2, 4, 8)
@@ -83,6 +83,7 @@ def build_orders(curve: str, H: int, W: int, num_directions: int) -> torch.Tenso
         raise ValueError(f"num_directions must be one of {list(NUM_DIRECTIONS)} "
                          f"(1: identity view, 2: + its reversal, 4: identity and transpose "
                          f"+ reversals, 8: all 4 views + reversals), got {num_directions!r}")
+    check_grid_size(H, W)
     return _cached_orders(curve, H, W, num_directions).clone()
 
 
@@ -145,10 +146,11 @@ def unscan(y: torch.Tensor, orders: torch.Tensor,
     Args:
         y: (b, K, L, C) outputs along the K scan orders.
         orders: LongTensor (K, L), the orders `y` was scanned with.
-        inverse_orders: optional precomputed `inverse(orders)` (K, L), to skip recomputing it.
+        inverse_orders: optional precomputed `inverse(orders)` (K, L), to skip recomputing it
+            (it is not checked to be the inverse of `orders`).
     Returns:
         x_hat: (b, L, C), sum over k of the un-permuted y[:, k]; unscan(scan(x)) == K * x.
-    Implements: eq. (6.2), the HS decoder (section 1.3), by one torch.gather and a sum.
+    Implements: eq. (6.2), the HS decoder (section 1.3), by one index_select and a sum.
     """
     if y.dim() != 4:
         raise ValueError(f"y must have shape (b, K, L, C), got {tuple(y.shape)}")
@@ -162,8 +164,10 @@ def unscan(y: torch.Tensor, orders: torch.Tensor,
         raise ValueError(f"inverse_orders must have shape {tuple(orders.shape)}, "
                          f"got {tuple(inverse_orders.shape)}")
     b, K, L, C = y.shape
-    index = inverse_orders.to(y.device)[None, :, :, None].expand(b, K, L, C)
-    return torch.gather(y, 2, index).sum(1)  # (b, K, L, C) back in row-major order -> (b, L, C)
+    # row of y.reshape(b, K*L, C) that holds pixel p of direction k: k*L + inv_k[p]
+    rows = inverse_orders.to(y.device) + L * torch.arange(K, device=y.device)[:, None]  # (K, L)
+    y = y.reshape(b, K * L, C).index_select(1, rows.reshape(-1))  # (b, K*L, C), row-major per k
+    return y.view(b, K, L, C).sum(1)
 
 
 def _as_sequence(x: torch.Tensor) -> torch.Tensor:

@@ -86,9 +86,13 @@ class ScanPlan:
     @classmethod
     def from_dict(cls, d: dict) -> ScanPlan:
         """Inverse of to_dict; errors name the stage and the bad value."""
+        if not isinstance(d, dict) or not isinstance(d.get("stages"), list | tuple):
+            raise ValueError(f"a plan dict needs a list under 'stages', got {d!r}")
         stages = []
         for s, stage in enumerate(d["stages"]):
             try:
+                if not isinstance(stage, dict):
+                    raise TypeError(f"expected a dict with curve and num_directions, got {stage!r}")
                 stages.append(StagePlan(**stage))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"stage {s}: {err}") from err
