@@ -150,21 +150,22 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     chunks = -(-L // Q)
     delta, delta_u, A, B, C = (_to_chunks(x, L, chunks, Q) if x.dim() > 2 else x
                                for x in _prepare(u, delta, A, B, C, delta_bias, delta_softplus))
+    decay = torch.exp(delta[..., None] * A)                  # (chunks, Q, b, D, N)
+    x = delta_u[..., None] * B
     h = torch.zeros(chunks, b, d, N, dtype=A.dtype, device=A.device)
-    y_local = []
+    local = []
     for t in range(Q):                                       # step 1, all chunks in parallel
-        tb, tc = min(t, B.shape[1] - 1), min(t, C.shape[1] - 1)
-        h = torch.exp(delta[:, t, ..., None] * A) * h + delta_u[:, t, ..., None] * B[:, tb]
-        y_local.append((h * C[:, tc]).sum(-1))
+        h = torch.addcmul(x[:, t], decay[:, t], h)
+        local.append(h)
     chunk_decay = torch.exp(delta.sum(1)[..., None] * A)     # (chunks, b, D, N)
     carry = torch.zeros_like(h[0])
     carries = []
     for c in range(chunks):                                  # step 2
         carries.append(carry)
-        carry = chunk_decay[c] * carry + h[c]
+        carry = torch.addcmul(h[c], chunk_decay[c], carry)
     from_start = torch.exp(torch.cumsum(delta, dim=1)[..., None] * A)   # step 3
-    y_carry = (C * from_start * torch.stack(carries)[:, None]).sum(-1)   # (chunks, Q, b, D)
-    y = (torch.stack(y_local, dim=1) + y_carry).reshape(chunks * Q, b, d)[:L]
+    h_all = torch.addcmul(torch.stack(local, dim=1), from_start, torch.stack(carries)[:, None])
+    y = (h_all * C).sum(-1).reshape(chunks * Q, b, d)[:L]
     return _finish(y, u, D, z), carry
 
 
