@@ -314,7 +314,7 @@ def build_detector(model: str, profile: str = "tiny", encoder: str | None = None
         raise ValueError(f"model must be one of {MODEL_NAMES}, got {model!r}")
     overrides = dict(overrides or {})
     if model != "patchcore":
-        from mambaadv2_ref.model import build_model
+        from mambaadv2_ref.model.factory import build_model
 
         return build_model(model=model, profile=profile, encoder=encoder, pretrained=pretrained,
                            **overrides)

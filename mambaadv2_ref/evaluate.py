@@ -148,7 +148,8 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
         dict with model, profile, device, image_size, batch_size, parameters,
         train_images_per_s, infer_images_per_s, peak memory (CUDA bytes, else process max RSS).
     """
-    from mambaadv2_ref.model import build_model, reconstruction_loss
+    from mambaadv2_ref.model.factory import build_model
+    from mambaadv2_ref.model.loss import reconstruction_loss
 
     device = resolve_device(device)
     prof = get_profile(profile)

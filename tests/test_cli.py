@@ -3,11 +3,12 @@ data (mambaadv2 and patchcore), clear errors for bad input."""
 
 import csv
 import json
-import subprocess
+import runpy
 import sys
 
 import numpy as np
 import pytest
+from test_pipeline import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from mambaadv2_ref.cli import main, parse_sets
 from mambaadv2_ref.data import make_tiny_dataset
@@ -15,6 +16,8 @@ from mambaadv2_ref.evaluate import METRIC_KEYS
 
 FAST = ["--set", "image_size=64", "--set", "batch_size=2", "--set", "pretrained=False",
         "--device", "cpu", "--profile", "tiny"]
+SMALL_MODEL = ["--set", "dims=(16, 8, 8, 8)", "--set", "headdim=8", "--set", "d_state=4",
+               "--set", "num_directions=2"]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,12 @@ def test_help(command, capsys):
     assert "usage: mambaadv2-ref" in capsys.readouterr().out
 
 
-def test_python_dash_m_entry_point():
-    done = subprocess.run([sys.executable, "-m", "mambaadv2_ref", "--help"],
-                          capture_output=True, text=True, check=True)
-    assert "{train,evaluate,predict,bench}" in done.stdout
+def test_python_dash_m_entry_point(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["mambaadv2_ref", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mambaadv2_ref", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "{train,evaluate,predict,bench}" in capsys.readouterr().out
 
 
 def _check_metrics(run):
@@ -49,8 +54,9 @@ def _check_metrics(run):
 @pytest.mark.parametrize("model", ["mambaadv2", "patchcore"])
 def test_train_evaluate_predict(model, data, tmp_path, capsys):
     run = tmp_path / "run"
+    extra = SMALL_MODEL if model == "mambaadv2" else ["--set", "coreset_ratio=0.5"]
     assert main(["train", "--data", str(data), "--model", model, "--steps", "2",
-                 "--out", str(run), *FAST]) == 0
+                 "--out", str(run), *FAST, *extra]) == 0
     assert main(["evaluate", "--run", str(run), "--save-maps", "--device", "cpu"]) == 0
     assert "mean" in capsys.readouterr().out
     metrics = _check_metrics(run)

@@ -14,8 +14,19 @@ from mambaadv2_ref.train import (
     train,
 )
 
-# the tiny profile shrunk further: 64 px, batch 2, random encoder (no weights needed)
+# the tiny profile shrunk further: 64 px, batch 2, random encoder (no weights needed), a narrow
+# decoder with 2 scan directions
 FAST = {"image_size": 64, "batch_size": 2, "pretrained": False, "log_every": 1}
+SMALL_MODEL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads only spin against others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +61,8 @@ def test_batches_are_a_function_of_seed_and_step():
 
 def test_resume_gives_identical_weights(tmp_path, data):
     base = config_from_sets(TrainConfig(out=str(tmp_path / "straight"), data=str(data),
-                                        steps=6, device="cpu"), FAST, set())
+                                        steps=6, device="cpu"), {**FAST, **SMALL_MODEL},
+                            set(SMALL_MODEL))
     train(base)
     split = TrainConfig(**{**base.__dict__, "out": str(tmp_path / "split"), "stop_at": 3})
     train(split)
