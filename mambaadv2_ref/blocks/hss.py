@@ -140,7 +140,7 @@ class HSS(nn.Module):
         if self.bc_norm:  # eq. (3); the biases are added per head below
             B, C = self.B_norm(B), self.C_norm(C)
         delta = F.softplus(dt + self.dt_bias)  # eq. (4), (BK, L, h)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log)
         y_rec = y_mat = None
         if self.path_mode != "matrix":
             y_rec = self.recurrence(x, delta, A, B, C, trap, angles)  # eq. (5)

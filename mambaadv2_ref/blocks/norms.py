@@ -23,7 +23,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
             (None: one group of D channels).
 
     Returns:
-        (..., D) tensor x / sqrt(mean_group(x^2) + eps) * w, computed in fp32 and cast back.
+        (..., D) tensor x / sqrt(mean_group(x^2) + eps) * w, computed in at least fp32
+            and cast back.
 
     Implements: RMSNorm (Zhang & Sennrich 2019); grouped as Mamba-2's `rms_norm_ref`.
     """
@@ -31,9 +32,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
     group_size = D if group_size is None else group_size
     if D % group_size:
         raise ValueError(f"group_size={group_size} must divide the last dimension {D}")
-    xf = x.float().unflatten(-1, (D // group_size, group_size))  # (..., G, D/G)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+    xf = x.to(dtype).unflatten(-1, (D // group_size, group_size))  # (..., G, D/G)
     xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    return (xf.flatten(-2) * weight.float()).to(x.dtype)
+    return (xf.flatten(-2) * weight.to(dtype)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
