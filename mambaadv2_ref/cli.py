@@ -2,8 +2,9 @@
 
 Each subcommand parses its arguments here and calls one function of the package:
 train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict,
-bench scan -> scans.bench, bench model -> evaluate.bench_model. Errors that come from bad input
-(ValueError, FileNotFoundError) are printed as one clean message with exit status 2.
+bench scan -> scans.bench.run_scan_bench, bench model -> evaluate.bench_model. Errors that come
+from bad input (ValueError, TypeError, FileNotFoundError, unavailable pretrained weights) are
+printed as one clean message with exit status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from mambaadv2_ref.model.encoder import PretrainedWeightsUnavailable
 from mambaadv2_ref.profiles import PROFILES
 
 MODELS = ("mambaadv2", "mambaad", "patchcore")
@@ -134,10 +136,11 @@ def _predict(args) -> None:
 
 
 def _bench(args) -> None:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.target == "scan":
-        from mambaadv2_ref.scans import bench
+        from mambaadv2_ref.scans.bench import run_scan_bench
 
-        result = bench.run_benchmark(device=args.device)
+        run_scan_bench(args.device, out_path=args.out)  # prints and saves as it goes
     else:
         from mambaadv2_ref.evaluate import bench_model
         from mambaadv2_ref.profiles import default_profile_name
@@ -146,9 +149,8 @@ def _bench(args) -> None:
                              encoder=args.encoder, device=args.device,
                              batch_size=args.batch_size, iters=args.iters,
                              overrides=parse_sets(args.sets))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
     print(f"saved {args.out}")
 
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, FileNotFoundError, TypeError, PretrainedWeightsUnavailable) as err:
         print(f"mambaadv2-ref {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
