@@ -156,7 +156,7 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
     batch_size = batch_size or prof.batch_size
     net = build_model(model=model, profile=profile, encoder=encoder, pretrained=False,
                       **(overrides or {})).to(device)
-    size = net.config.image_size if hasattr(net.config, "image_size") else prof.image_size
+    size = net.config.image_size
     images = torch.randn(batch_size, 3, size, size, device=device)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 

@@ -18,18 +18,18 @@ data_args=()
 if [ "$data" != "-" ]; then data_args=(--data "$data"); fi
 { lscpu | grep "Model name" || true; nproc; nvidia-smi --query-gpu=name --format=csv,noheader \
   2>/dev/null || true; } > "$out/hardware.txt"
-for m in mambaadv2 mambaad; do
-  $cli bench model --model $m --profile "$profile" --encoder $enc --device "$device" \
-    --iters 10 --out "$out/bench_$m.json" > /dev/null
-done
 if [ "$steps" = auto ]; then
+  for m in mambaadv2 mambaad; do
+    $cli bench model --model $m --profile "$profile" --encoder $enc --device "$device" \
+      --iters 10 --out "$out/bench_$m.json" > /dev/null
+  done
   steps=$(python -c "
 import json
 b = [json.load(open(f'$out/bench_{m}.json')) for m in ('mambaadv2', 'mambaad')]
 print(max(50, int($budget * min(x['train_images_per_s'] for x in b) / b[0]['batch_size'])))")
 fi
-for m in mambaadv2 mambaad patchcore; do
+for m in mambaadv2 mambaad patchcore; do  # a failing model does not stop the others
   $cli train "${data_args[@]}" --profile "$profile" --model $m --encoder $enc --steps "$steps" \
-    --device "$device" --out "$out/$m" --set num_workers="$workers"
-  $cli evaluate --run "$out/$m" --device "$device"
+    --device "$device" --out "$out/$m" --set num_workers="$workers" \
+    && $cli evaluate --run "$out/$m" --device "$device" || echo "FAILED: $name $m"
 done
