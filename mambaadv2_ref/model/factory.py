@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mambaadv2_ref.blocks.hss import HSS
+from mambaadv2_ref.blocks.ss2d import SS2D
 from mambaadv2_ref.model.anomaly_map import anomaly_maps
 from mambaadv2_ref.model.config import ModelConfig, preset
 from mambaadv2_ref.model.decoder import Decoder
@@ -134,7 +135,7 @@ def model_summary(model: ADModel, image_size: int | tuple[int, int] | None = Non
     stages = plan_cost(model.config.plan(), sizes)
     for row, stage, size in zip(stages, model.decoder.stages, sizes, strict=False):
         hss = [m for m in stage.modules() if isinstance(m, HSS)]
-        row["blocks"] = len(hss) or sum(1 for _ in stage.modules() if type(_).__name__ == "SS2D")
+        row["blocks"] = len(hss) or sum(isinstance(m, SS2D) for m in stage.modules())
         row["matrix_entries"] = sum(m.cost(*size)["matrix_entries"] for m in hss)
     return {"model": model.config.model, "profile": model.config.profile,
             "image_size": [H, W], "params_M": n_total / 1e6, "trainable_params_M": n_train / 1e6,
