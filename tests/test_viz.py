@@ -92,3 +92,67 @@ def test_ssm_explorer_widget_builds_and_redraws(monkeypatch):
     assert [s.description for s in sliders] == ["dt", "A", "trapezoid λ", "angle θ"]
     sliders[1].value = -2.0
     assert len(drawn) == 2 and drawn[-1]["A"] == -2.0 and drawn[-1]["length"] == 8
+
+
+class _TwoScaleModel(torch.nn.Module):
+    """A stand-in ADModel: enc = two pooled copies of the image, dec = enc flipped at one pixel."""
+
+    def forward(self, images):
+        enc = [torch.nn.functional.avg_pool2d(images, k) for k in (4, 8)]
+        dec = [e.clone() for e in enc]
+        dec[0][:, :, 1, 1] *= -1.0                     # opposite direction: distance 2
+        return enc, dec
+
+
+def test_per_scale_maps_uses_the_model_map_code():
+    from mambaadv2_ref.model.anomaly_map import anomaly_maps
+    from mambaadv2_ref.viz.heatmaps import per_scale_maps
+
+    model, images = _TwoScaleModel(), torch.rand(2, 3, 32, 32)
+    result = per_scale_maps(model, images)
+    enc, dec = model(images)
+    maps, scores = anomaly_maps(enc, dec, (32, 32))
+    torch.testing.assert_close(result.maps, maps)
+    torch.testing.assert_close(result.scores, scores)
+    assert len(result.scales) == 2 and result.scales[1].abs().max() < 1e-5
+    assert result.scales[0][0, 4:8, 4:8].max() > 0.1                       # the bump at (1, 1)
+    with pytest.raises(ValueError, match="images must be"):
+        per_scale_maps(model, torch.rand(3, 32, 32))
+
+
+def test_heatmap_explorer_figure_panels():
+    from mambaadv2_ref.viz.heatmaps import per_scale_maps
+
+    images = torch.rand(2, 3, 32, 32)
+    result = per_scale_maps(_TwoScaleModel(), images)
+    masks = torch.zeros(32, 32)
+    masks[4:8, 4:8] = 1
+    fig = widgets.heatmap_explorer_figure(images[1], masks, result, index=1, scale=0,
+                                          threshold=0.1, alpha=0.4)
+    titles = [ax.get_title() for ax in fig.get_axes() if ax.get_title()]
+    assert titles[0] == "image" and titles[1].startswith("scale 0, score")
+    assert titles[-3:] == ["scale 0 (stride 4)", "scale 1 (stride 8)", "final (smoothed)"]
+    assert isinstance(fig, Figure)
+    with pytest.raises(ValueError, match="scale must be"):
+        widgets.heatmap_explorer_figure(images[0], None, result, scale=5)
+
+
+def test_heatmap_explorer_widget_builds_and_caches(monkeypatch):
+    calls = []
+    real = widgets.per_scale_maps
+    monkeypatch.setattr(widgets, "per_scale_maps",
+                        lambda m, x, s: calls.append(1) or real(m, x, s))
+
+    class _Data:
+        samples = [type("S", (), {"cls": "a", "kind": k})() for k in ("good", "scratch")]
+
+        def __getitem__(self, i):
+            return {"image": torch.rand(3, 32, 32), "mask": torch.zeros(1, 32, 32)}
+
+    box = widgets.heatmap_explorer(_TwoScaleModel(), _Data(), [0, 1])
+    index, scale, threshold, alpha = box.children[0].children
+    scale.value = 0
+    index.value = 1
+    index.value = 0
+    assert len(calls) == 2  # one model run per image, cached afterwards
+    assert [o[1] for o in scale.options] == ["all", 0, 1]

@@ -15,6 +15,7 @@ import ipywidgets as widgets
 from IPython.display import display
 from matplotlib.figure import Figure
 
+from mambaadv2_ref.viz.heatmaps import heatmap_explorer_figure, per_scale_maps
 from mambaadv2_ref.viz.plots import ssm_explorer_figure
 
 
@@ -73,5 +74,55 @@ def ssm_explorer(dt: float = 0.1, A: float = -0.5, trap: float = 0.5, angle: flo
 
     def draw(dt, A, trap, angle):
         return ssm_explorer_figure(dt=dt, A=A, trap=trap, angle=angle, length=length)
+
+    return figure_explorer(draw, controls)
+
+
+def heatmap_explorer(model, dataset, indices, sigma: float = 4.0) -> widgets.VBox:
+    """Heatmap explorer: test image, scale, threshold, opacity -> `heatmap_explorer_figure`.
+
+    The model runs once per image shown (cached), through `heatmaps.per_scale_maps`.
+
+    Args:
+        model: an ADModel.
+        dataset: an MVTecDataset (items with image, mask, cls, kind).
+        indices: dataset indices offered in the image menu.
+        sigma: Gaussian smoothing of the final map.
+
+    Returns:
+        The widget (controls and the figure).
+    """
+    indices = list(indices)
+    if not indices:
+        raise ValueError("indices must name at least one dataset item")
+    cache: dict[int, tuple] = {}
+
+    def result(i: int):
+        if i not in cache:
+            item = dataset[i]
+            cache[i] = (item, per_scale_maps(model, item["image"][None], sigma))
+        return cache[i]
+
+    first_item, first = result(indices[0])
+    top = float(first.maps.max())
+    style = {"description_width": "initial"}
+    options = [(f"{i}: {dataset.samples[i].cls} / {dataset.samples[i].kind}", i) for i in indices]
+    controls = {
+        "index": widgets.Dropdown(options=options, value=indices[0], description="image",
+                                  style=style),
+        "scale": widgets.Dropdown(options=[("final map", "all")] + [
+            (f"scale {k}", k) for k in range(len(first.scales))], value="all",
+            description="scale", style=style),
+        "threshold": widgets.FloatSlider(value=0.6 * top, min=0.0, max=1.5 * top,
+                                         step=top / 100 or 0.01, description="threshold",
+                                         style=style, readout_format=".3f"),
+        "alpha": widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05,
+                                     description="opacity", style=style),
+    }
+
+    def draw(index, scale, threshold, alpha):
+        item, res = result(index)
+        return heatmap_explorer_figure(item["image"], item["mask"], res, scale=scale,
+                                       threshold=threshold, alpha=alpha)
 
     return figure_explorer(draw, controls)
