@@ -101,7 +101,8 @@ def ssd_chunked_core(xbar, log_a, B, C, chunk_size, initial_states=None):
         return t.reshape(b, chunks, Q, *t.shape[2:])
 
     xbar, B, C = split(xbar), split(B), split(C)
-    a = split(log_a).permute(0, 3, 1, 2)                                    # (b, h, c, Q)
+    # contiguous: torch.compile's GPU cumsum codegen failed on the permuted view (torch 2.11)
+    a = split(log_a).permute(0, 3, 1, 2).contiguous()                      # (b, h, c, Q)
     a_cum = torch.cumsum(a, dim=-1)
     scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * torch.exp(segsum(a))        # step 1
     y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xbar)
