@@ -128,20 +128,22 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """S6 as a two-level chunked scan: the fast torch path.
 
     With chunks of Q steps (L padded with Delta = 0, which leaves the state unchanged):
-    1. Within all chunks at once, a Q-step recurrence from a zero state gives local states h^loc
-       and the local outputs C_t . h^loc_t.
+    1. Within all chunks at once, a Q-step recurrence from a zero state gives the local states
+       h^loc and the local outputs C_t . h^loc_t.
     2. A short recurrence over the chunks carries the state into each chunk:
        H_{c+1} = exp(A * sum_{t in c} Delta_t) H_c + h^loc_{last of c}.
     3. Each output adds C_t . (exp(A * cumsum_{r<=t in chunk} Delta_r) * H_c): the cumulative sum
        runs within one chunk and its exponent is <= 0 for A <= 0, so it never overflows and only
        underflows to the exact limit 0.
-    Only decays in [0, 1] are multiplied: stable for any L and any Delta.
+    Every step works on all chunks at once, (chunks, b, D, N), small enough to stay in cache;
+    no (b, D, L, N) tensor is ever built. Only decays in [0, 1] are multiplied: stable for any L
+    and any Delta.
 
     Args:
         as `selective_scan`; chunk_size: Q (default ~sqrt(L), see `default_chunk_size`).
     Returns:
         out (b, D, L) and last_state (b, D, N), in the compute dtype.
-    Implements: (S6.1)-(S6.3) with Q + L/Q sequential steps instead of L.
+    Implements: (S6.1)-(S6.3) with 2 Q + L/Q sequential steps instead of L.
     """
     b, d, L, N = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     Q = default_chunk_size(L) if chunk_size is None else check_positive_int(
@@ -150,23 +152,30 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     chunks = -(-L // Q)
     delta, delta_u, A, B, C = (_to_chunks(x, L, chunks, Q) if x.dim() > 2 else x
                                for x in _prepare(u, delta, A, B, C, delta_bias, delta_softplus))
-    decay = torch.exp(delta[..., None] * A)                  # (chunks, Q, b, D, N)
-    x = delta_u[..., None] * B
+
+    def B_at(t):
+        return B[:, min(t, B.shape[1] - 1)]
+
+    def C_at(t):
+        return C[:, min(t, C.shape[1] - 1)]
+
     h = torch.zeros(chunks, b, d, N, dtype=A.dtype, device=A.device)
-    local = []
-    for t in range(Q):                                       # step 1, all chunks in parallel
-        h = torch.addcmul(x[:, t], decay[:, t], h)
-        local.append(h)
+    y_local = []
+    for t in range(Q):                                       # step 1
+        h = torch.addcmul(delta_u[:, t, ..., None] * B_at(t),
+                          torch.exp(delta[:, t, ..., None] * A), h)
+        y_local.append(torch.linalg.vecdot(h, C_at(t)))
     chunk_decay = torch.exp(delta.sum(1)[..., None] * A)     # (chunks, b, D, N)
     carry = torch.zeros_like(h[0])
     carries = []
     for c in range(chunks):                                  # step 2
         carries.append(carry)
         carry = torch.addcmul(h[c], chunk_decay[c], carry)
-    from_start = torch.exp(torch.cumsum(delta, dim=1)[..., None] * A)   # step 3
-    h_all = torch.addcmul(torch.stack(local, dim=1), from_start, torch.stack(carries)[:, None])
-    y = (h_all * C).sum(-1).reshape(chunks * Q, b, d)[:L]
-    return _finish(y, u, D, z), carry
+    carries = torch.stack(carries)
+    cum_delta = torch.cumsum(delta, dim=1)                   # step 3
+    y = torch.stack([y_local[t] + torch.linalg.vecdot(
+        torch.exp(cum_delta[:, t, ..., None] * A) * carries, C_at(t)) for t in range(Q)], dim=1)
+    return _finish(y.reshape(chunks * Q, b, d)[:L], u, D, z), carry
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
