@@ -168,7 +168,7 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
             runners["chunked_compile"] = _compiled(shape)
         elif compile_chunked:
             entry["methods"]["chunked_compile"] = {
-                "error": "not timed: S6's chunked form is two Python loops (~2 sqrt(L) steps) "
+                "error": "not timed: S6's chunked form is Python loops (~3 sqrt(L) steps) "
                          "that torch.compile would unroll into a very large graph"}
         for method, run in runners.items():
             batch = shape.get("sequential_batch", shape["batch"]) if method == "sequential" \
