@@ -18,7 +18,6 @@ reports images/s and peak memory.
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 
@@ -31,13 +30,14 @@ from mambaadv2_ref.checkpoint import load_detector, write_json
 from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
 from mambaadv2_ref.metrics import aggregate, compute_metrics, f1max_threshold
 from mambaadv2_ref.profiles import get_profile, resolve_device
+from mambaadv2_ref.timing import (
+    peak_memory_bytes,
+    reset_peak_memory,
+    seconds_per_call,
+    synchronize,
+)
 
 METRIC_KEYS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO", "mAD")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -57,10 +57,10 @@ def predict_split(model, dataset, device, batch_size: int = 8, desc: str = "") -
     seconds = 0.0
     for batch in tqdm(loader, desc=desc, leave=False):
         images = batch["image"].to(device)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         maps, scores = model.anomaly_map(images)
-        _sync(device)
+        synchronize(device)
         seconds += time.perf_counter() - t0
         out["scores"].append(scores.float().cpu().numpy())
         out["maps"].append(maps.float().cpu().numpy())
@@ -137,12 +137,12 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
 
 def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | None = None,
                 device="auto", batch_size: int | None = None, iters: int = 5,
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, precision: str = "bf16") -> dict:
     """Training and inference throughput (images/s) and peak memory of `build_model`.
 
-    Training step = forward + reconstruction loss + backward + AdamW step (bf16 autocast on
-    CUDA, as `train`); inference = `anomaly_map` (fp32). Random weights and random images: the
-    speed does not depend on them.
+    Training step = forward + reconstruction loss + backward + AdamW step, under bf16 autocast
+    on CUDA when `precision="bf16"` (as `train`), in float32 with `precision="fp32"`; inference =
+    `anomaly_map` (float32). Random weights and random images: the speed does not depend on them.
 
     Returns:
         dict with model, profile, device, image_size, batch_size, parameters,
@@ -151,6 +151,8 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
     from mambaadv2_ref.model.factory import build_model
     from mambaadv2_ref.model.loss import reconstruction_loss
 
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     device = resolve_device(device)
     prof = get_profile(profile)
     batch_size = batch_size or prof.batch_size
@@ -161,7 +163,8 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16,
+                            enabled=device.type == "cuda" and precision == "bf16"):
             enc, dec = net(images)
         loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
         optimizer.zero_grad(set_to_none=True)
@@ -169,35 +172,20 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
         optimizer.step()
 
     def timed(fn) -> float:
-        for _ in range(2):
-            fn()
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        _sync(device)
-        return iters * batch_size / (time.perf_counter() - t0)
+        return batch_size / seconds_per_call(fn, device, warmup=2, iters=iters)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     net.train()
     train_ips = timed(train_step)
-    train_peak = _peak_memory(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    train_peak = peak_memory_bytes(device)
+    reset_peak_memory(device)
     infer_ips = timed(lambda: net.anomaly_map(images))
-    return {"model": model, "profile": profile, "device": str(device),
+    return {"model": model, "profile": profile, "precision": precision, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else "cpu", "image_size": size, "batch_size": batch_size, "iters": iters,
             "parameters": sum(p.numel() for p in net.parameters()),
             "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
             "train_images_per_s": train_ips, "infer_images_per_s": infer_ips,
             "train_peak_memory_bytes": train_peak, "infer_peak_memory_bytes":
-            _peak_memory(device), "peak_memory_kind": "cuda max_memory_allocated"
+            peak_memory_bytes(device), "peak_memory_kind": "cuda max_memory_allocated"
             if device.type == "cuda" else "process max RSS (whole process, cumulative)"}
-
-
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -46,7 +46,9 @@ from mambaadv2_ref.blocks.norms import RMSNorm, RMSNormGated
 from mambaadv2_ref.blocks.ss2d import dt_bias_init
 from mambaadv2_ref.scanning import StagePlan
 
-PATH_MODES = ("sum", "gate", "recurrence", "matrix")
+# "attention" is not MambaADv2: softmax attention in place of both paths, the quadratic baseline
+# of the resolution-scaling study (mambaadv2_ref.studies.scaling)
+PATH_MODES = ("sum", "gate", "recurrence", "matrix", "attention")
 
 
 def windows(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -76,7 +78,8 @@ class HSS(nn.Module):
         plan: StagePlan (curve, num_directions) of the stage.
         d_state: N.  headdim: p.  expand: d_inner = expand * C.  ngroups: g.
         chunk_size: Q of the chunked recurrence.
-        path_mode: "sum" | "gate" | "recurrence" | "matrix".
+        path_mode: "sum" | "gate" | "recurrence" | "matrix" | "attention" (baseline, see
+            `attention`).
         matrix_causal: causal (True) or two-sided (False) decay mask in the matrix path.
         matrix_max_tokens: window of the matrix path for longer sequences.
         position_aware: rotary angles + trapezoid (Mamba-3); off: Mamba-2 SSD.
@@ -141,12 +144,16 @@ class HSS(nn.Module):
             B, C = self.B_norm(B), self.C_norm(C)
         delta = F.softplus(dt + self.dt_bias)  # eq. (4), (BK, L, h)
         A = -torch.exp(self.A_log)
-        y_rec = y_mat = None
-        if self.path_mode != "matrix":
-            y_rec = self.recurrence(x, delta, A, B, C, trap, angles)  # eq. (5)
-        if self.path_mode != "recurrence":
-            y_mat = self.matrix(x, delta, A, B, C, trap, angles)  # eq. (6)
-        y = self.fuse(y_rec, y_mat) + self.D[:, None] * x  # eq. (7)
+        if self.path_mode == "attention":
+            y = self.attention(x, B, C)
+        else:
+            y_rec = y_mat = None
+            if self.path_mode != "matrix":
+                y_rec = self.recurrence(x, delta, A, B, C, trap, angles)  # eq. (5)
+            if self.path_mode != "recurrence":
+                y_mat = self.matrix(x, delta, A, B, C, trap, angles)  # eq. (6)
+            y = self.fuse(y_rec, y_mat)
+        y = y + self.D[:, None] * x  # eq. (7)
         y = y.reshape(Bsz, -1, H * W, self.d_inner)  # (B, K, L, d_inner)
         y = self.scanner.merge(y, H, W)  # eq. (8)
         return self.out_proj(self.norm(y, z))
@@ -194,6 +201,19 @@ class HSS(nn.Module):
             y = scans.ssd_matrix(x, delta, A, B, C, causal=self.matrix_causal)
         y = y.to(x.dtype)
         return unwindows(y, b, L) if L > self.matrix_max_tokens else y
+
+    def attention(self, x, B, C) -> torch.Tensor:
+        """Softmax attention in place of both SSM paths (not MambaADv2: the quadratic baseline
+        of the scaling study), per head y = softmax(C B^T / sqrt(N)) x over all L tokens, with
+        the same projections, so the decoder keeps its width.
+
+        Args: x (BK, L, h, p); B, C (BK, L, g, N). Returns (BK, L, h, p).
+        """
+        B, C = self._biased(B, C)
+        rep = self.heads // B.shape[2]  # without bc_norm B, C still have g groups
+        q, k = (M.repeat_interleave(rep, dim=2).transpose(1, 2) for M in (C, B))
+        y = F.scaled_dot_product_attention(q, k, x.transpose(1, 2).to(q.dtype))
+        return y.transpose(1, 2).to(x.dtype)
 
     def fuse(self, y_rec: torch.Tensor | None, y_mat: torch.Tensor | None) -> torch.Tensor:
         """Fusion of the two paths (eq. 7 without D x): sum, per-channel gate, or one path."""

@@ -6,6 +6,7 @@ live in `mambaadv2_ref.profiles`. Every ablation of the book is one field:
     model            "mambaadv2" (DSS modules of HSS-v2 blocks) or "mambaad" (v1: LSS of SS2D)
     position_aware   Mamba-3 rotary angles + exponential-trapezoidal step (off: Mamba-2 SSD)
     path_mode        "sum" | "gate" | "recurrence" | "matrix": the HSS dual paths
+                     ("attention": softmax attention instead, the scaling baseline only)
     matrix_causal    causal or two-sided decay mask in the matrix path
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from mambaadv2_ref.blocks.hss import PATH_MODES
 from mambaadv2_ref.scanning import ScanPlan, resolve_plan
 
 MODELS = ("mambaadv2", "mambaad")
-PATH_MODES = ("sum", "gate", "recurrence", "matrix")
 BACKENDS = ("auto", "torch", "mamba_ssm")
 
 

@@ -1,0 +1,151 @@
+"""Ablations: one flag at a time, each trained and evaluated by the same pipeline.
+
+Every ablation is a name and a dict of model-config overrides (`ModelConfig` fields); the study
+trains each with `train.train`, evaluates it with `evaluate.evaluate` and gathers the seven
+metrics, mAD, training time and throughput into one table (JSON + markdown).
+
+    python -m mambaadv2_ref.studies.ablations --out runs/ablations --profile small --steps 300 \
+        --data ../shared/data/bsdata --only v2,recurrence_only,matrix_only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.evaluate import METRIC_KEYS, evaluate
+from mambaadv2_ref.train import TrainConfig, train
+
+# name -> (model, overrides of the model config, what it tests)
+ABLATIONS: dict[str, tuple[str, dict, str]] = {
+    "v2": ("mambaadv2", {}, "MambaADv2 as configured by the profile (both paths, summed)"),
+    "recurrence_only": ("mambaadv2", {"path_mode": "recurrence"}, "dual path: recurrence only"),
+    "matrix_only": ("mambaadv2", {"path_mode": "matrix"}, "dual path: matrix form only"),
+    "gate_fusion": ("mambaadv2", {"path_mode": "gate"}, "dual path: learned gate, not a sum"),
+    "causal_matrix": ("mambaadv2", {"matrix_causal": True}, "matrix path with a causal mask"),
+    "no_fft": ("mambaadv2", {"use_fft": False}, "frequency branch without its FFT filter"),
+    "no_position": ("mambaadv2", {"position_aware": False},
+                    "no rotary angles / trapezoid (plain Mamba-2 SSD)"),
+    "plan_decay_deep": ("mambaadv2", {"scan_plan": "decay_deep"},
+                        "progressive scan: 8,8,4,2 directions (deep to shallow)"),
+    "plan_decay_shallow": ("mambaadv2", {"scan_plan": "decay_shallow"},
+                           "progressive scan: 2,4,8,8 directions (deep to shallow)"),
+    "plan_curve_decay": ("mambaadv2", {"scan_plan": "curve_decay"},
+                         "progressive scan: hilbert, hilbert, snake, raster"),
+    "directions_1": ("mambaadv2", {"num_directions": 1}, "one scan direction everywhere"),
+    "directions_2": ("mambaadv2", {"num_directions": 2}, "two scan directions everywhere"),
+    "directions_4": ("mambaadv2", {"num_directions": 4}, "four scan directions everywhere"),
+    "mambaad_v1": ("mambaad", {}, "MambaAD v1 (Mamba-1 S6, LSS, Hilbert x 8)"),
+}
+
+
+def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: int,
+                 device: str = "auto", train_overrides: dict | None = None) -> dict:
+    """Train and evaluate one ablation; return its row (metrics, seconds, images/s).
+
+    Args:
+        name: a key of ABLATIONS.
+        out: folder of this ablation's run.
+        data: dataset root (None = the embedded dataset).
+        profile: run profile.  steps: optimisation steps.  device: "auto", "cpu", "cuda".
+        train_overrides: TrainConfig fields (e.g. pretrained, batch_size).
+    """
+    if name not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {sorted(ABLATIONS)}, got {name!r}")
+    model, overrides, what = ABLATIONS[name]
+    cfg = TrainConfig(out=str(out), data=data, model=model, profile=profile, steps=steps,
+                      device=device, model_overrides=dict(overrides), resume=True,
+                      **(train_overrides or {}))
+    meta = train(cfg)
+    metrics = evaluate(out, device=device)
+    history = meta["history"]
+    train_ips = sum(h["images_per_s"] for h in history[1:]) / max(1, len(history) - 1) \
+        if len(history) > 1 else history[-1]["images_per_s"]
+    return {"ablation": name, "model": model, "overrides": overrides, "what": what,
+            "steps": meta["train"]["num_steps"], "train_seconds": meta["train_seconds"],
+            "train_images_per_s": train_ips,
+            "infer_images_per_s": metrics["run"]["images_per_s"],
+            "final_loss": history[-1]["loss"],
+            **{k: metrics["mean"][k] for k in METRIC_KEYS}}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The ablation table as markdown: metrics in percent, then training time and speed."""
+    head = ["ablation", *METRIC_KEYS, "train s", "train img/s", "infer img/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["ablation"], *(f"{100 * r[k]:.1f}" for k in METRIC_KEYS),
+                 f"{r['train_seconds']:.0f}", f"{r['train_images_per_s']:.1f}",
+                 f"{r['infer_images_per_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict:
+    """Date, host and library versions to store beside every result."""
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "cpu": platform.processor() or platform.machine(),
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        env["mamba_ssm"] = version("mamba_ssm")
+    except Exception:  # noqa: BLE001 - not installed, or installed without metadata
+        pass
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the runs and the table")
+    parser.add_argument("--data", default=None, help="MVTec-layout root (default: embedded)")
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", default=None, help="comma-separated ablation names")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="TrainConfig field for every run, e.g. batch_size=16")
+    args = parser.parse_args(argv)
+    from mambaadv2_ref.cli import parse_sets
+
+    names = args.only.split(",") if args.only else list(ABLATIONS)
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        parser.error(f"unknown ablations {unknown}; choose from {sorted(ABLATIONS)}")
+    out = Path(args.out)
+    table_path = out / "ablations.json"
+    result = json.loads(table_path.read_text()) if table_path.exists() else {"rows": []}
+    done = {r["ablation"] for r in result["rows"]}
+    for name in names:
+        if name in done:
+            print(f"{name}: already in {table_path}, skipped")
+            continue
+        t0 = time.perf_counter()
+        row = run_ablation(name, out / name, args.data, args.profile, args.steps, args.device,
+                           parse_sets(args.sets))
+        print(f"{name}: mAD {100 * row['mAD']:.1f} ({time.perf_counter() - t0:.0f} s)")
+        result["rows"].append(row)
+        result.update(environment=environment(), profile=args.profile, steps=args.steps,
+                      data=args.data or "embedded")
+        write_json(table_path, result)  # after every run: a crash loses at most one
+        (out / "ablations.md").write_text(markdown(result["rows"]))
+    print(markdown(result["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Training and inference speed of the whole model, per model, scan backend and precision.
+
+For each combination it calls `evaluate.bench_model` (random weights and images: speed does not
+depend on them) and stores images/s and peak memory, then draws one bar chart.
+
+    python -m mambaadv2_ref.studies.speed --out results/speed --profile paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.evaluate import bench_model
+from mambaadv2_ref.scans import available_backends
+from mambaadv2_ref.studies.ablations import environment
+
+MODELS = ("mambaadv2", "mambaad")
+PRECISIONS = ("fp32", "bf16")
+# the mamba-ssm kernel each model's scan needs
+KERNEL_OF = {"mambaadv2": "mamba_ssm_mamba3", "mambaad": "mamba_ssm_s6"}
+
+
+def speed_grid(profile: str, device: str = "auto", iters: int = 10,
+               batch_size: int | None = None, encoder: str | None = None) -> list[dict]:
+    """Bench every (model, backend, precision); a backend that cannot run is recorded, not
+    dropped silently.
+
+    Returns:
+        one dict per combination: bench_model's fields plus backend and precision, or
+        `skipped` with the reason.
+    """
+    backends = available_backends()
+    rows = []
+    for model, backend, precision in itertools.product(MODELS, ("torch", "mamba_ssm"),
+                                                       PRECISIONS):
+        row = {"model": model, "backend": backend, "precision": precision}
+        usable, reason = backends[KERNEL_OF[model]] if backend == "mamba_ssm" else (True, "")
+        if not usable:
+            rows.append({**row, "skipped": reason})
+            continue
+        result = bench_model(model, profile=profile, encoder=encoder, device=device,
+                             batch_size=batch_size, iters=iters, precision=precision,
+                             overrides={"backend": backend})
+        rows.append({**row, **result})
+        print(f"{model:10s} {backend:9s} {precision}: train {result['train_images_per_s']:.1f}"
+              f" img/s, inference {result['infer_images_per_s']:.1f} img/s, peak "
+              f"{result['train_peak_memory_bytes'] / 2**30:.2f} GiB")
+    return rows
+
+
+def plot_speed(rows: list[dict], path: Path) -> None:
+    """Grouped bars of training and inference images/s per configuration."""
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "skipped" not in r]
+    labels = [f"{r['model']}\n{r['backend']}\n{r['precision']}" for r in done]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
+    x = range(len(done))
+    ax.bar([i - 0.2 for i in x], [r["train_images_per_s"] for r in done], 0.4, label="training")
+    ax.bar([i + 0.2 for i in x], [r["infer_images_per_s"] for r in done], 0.4,
+           label="inference (with anomaly maps)")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("images / s")
+    device = done[0]["device_name"] if done else "?"
+    ax.set_title(f"speed at profile {done[0]['profile'] if done else '?'} on {device}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for speed.json and speed.png")
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--encoder", default=None)
+    parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = speed_grid(args.profile, args.device, args.iters, args.batch_size, args.encoder)
+    write_json(out / "speed.json", {"environment": environment(), "rows": rows})
+    if not args.no_plot:
+        plot_speed(rows, out / "speed.png")
+    print(f"saved {out / 'speed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

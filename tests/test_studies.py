@@ -1,0 +1,84 @@
+"""Studies (chapters 12-13): ablation table, speed grid and resolution scaling run end to end on
+tiny sizes on the CPU; their files hold what the book reads. No timing is asserted."""
+
+import json
+
+import pytest
+from test_pipeline import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+
+from mambaadv2_ref.data import make_tiny_dataset
+from mambaadv2_ref.evaluate import METRIC_KEYS
+from mambaadv2_ref.studies import ablations, scaling, speed
+from mambaadv2_ref.timing import seconds_per_call
+
+TINY_MODEL = ["--set", "image_size=64", "--set", "batch_size=2", "--set", "pretrained=False"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), image_size=64, num_train=4)
+
+
+def test_ablation_table_and_resume(data, tmp_path, monkeypatch):
+    # a small model keeps this fast: the profile's widths are overridden for every ablation
+    small = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4}
+    for name in ("recurrence_only", "no_position"):
+        monkeypatch.setitem(ablations.ABLATIONS, name, (
+            "mambaadv2", {**ablations.ABLATIONS[name][1], **small}, ablations.ABLATIONS[name][2]))
+    out = tmp_path / "abl"
+    argv = ["--out", str(out), "--data", str(data), "--profile", "tiny", "--steps", "2",
+            "--device", "cpu", "--only", "recurrence_only,no_position", *TINY_MODEL]
+    assert ablations.main(argv) == 0
+    table = json.loads((out / "ablations.json").read_text())
+    assert [r["ablation"] for r in table["rows"]] == ["recurrence_only", "no_position"]
+    for row in table["rows"]:
+        assert row["steps"] == 2
+        assert all(0.0 <= row[k] <= 1.0 for k in METRIC_KEYS)
+    assert "| recurrence_only |" in (out / "ablations.md").read_text()
+    # a second call finds both rows done and trains nothing
+    mtime = (out / "recurrence_only" / "checkpoint.json").stat().st_mtime
+    assert ablations.main(argv) == 0
+    assert (out / "recurrence_only" / "checkpoint.json").stat().st_mtime == mtime
+
+
+def test_unknown_ablation_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablations.main(["--out", str(tmp_path), "--steps", "1", "--only", "v2,nope"])
+    assert "nope" in capsys.readouterr().err
+
+
+def test_speed_grid_records_every_combination(tmp_path):
+    rows = speed.speed_grid("tiny", device="cpu", iters=1, batch_size=1)
+    assert len(rows) == len(speed.MODELS) * 2 * len(speed.PRECISIONS)
+    for row in rows:
+        if row["backend"] == "mamba_ssm":  # no GPU here: recorded with its reason
+            assert row["skipped"]
+        else:
+            assert row["train_images_per_s"] > 0 and row["infer_images_per_s"] > 0
+    speed.plot_speed(rows, tmp_path / "speed.png")
+    assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_scaling_rows_and_growth_exponent(tmp_path):
+    assert scaling.main(["--out", str(tmp_path), "--profile", "tiny", "--sizes", "64,96",
+                         "--batch-size", "1", "--iters", "1", "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert {r["decoder"] for r in result["rows"]} == set(scaling.DECODERS)
+    assert all(r["train_s"] > 0 for r in result["rows"])
+    assert set(result["growth_exponent_train"]) == set(scaling.DECODERS)
+    assert (tmp_path / "scaling.png").exists()
+
+
+def test_growth_exponent_recovers_known_powers():
+    rows = [{"tokens": n, "train_s": 3e-6 * n**2} for n in (100, 400, 1600)]
+    assert scaling.growth_exponent(rows) == pytest.approx(2.0)
+    rows = [{"tokens": n, "train_s": 5e-4 * n} for n in (100, 400, 1600)]
+    assert scaling.growth_exponent(rows) == pytest.approx(1.0)
+
+
+def test_seconds_per_call_counts_calls():
+    import torch
+
+    calls = []
+    seconds_per_call(lambda: calls.append(1), torch.device("cpu"), warmup=2, iters=3, repeats=2)
+    assert len(calls) == 2 + 3 * 2
