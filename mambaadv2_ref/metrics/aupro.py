@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 NUM_THRESHOLDS = 100  # T: MambaAD's configs (max_step=100); ADer's own default is 200
@@ -55,6 +54,8 @@ def pro_curve_loop(
 
     Implements: eqs. (2)-(3), literally as ADer's loop.
     """
+    from skimage import measure  # the reference only: the fast path needs scipy alone
+
     regions = [measure.regionprops(measure.label(m)) for m in masks]
     normal = ~masks
     fpr, pro = [], []
