@@ -120,22 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.decoders.split(","):
-        if name not in DECODERS:
-            parser.error(f"--decoders: unknown {name!r}; choose from {sorted(DECODERS)}")
-        for size in (int(s) for s in args.sizes.split(",")):
+    names = args.decoders.split(",")
+    unknown = sorted(set(names) - set(DECODERS))
+    if unknown:
+        parser.error(f"--decoders: unknown {unknown}; choose from {sorted(DECODERS)}")
+    rows, failed = [], set()
+    for size in (int(s) for s in args.sizes.split(",")):  # small sizes first for every decoder
+        for name in names:
+            if name in failed:
+                continue  # it ran out of memory at a smaller size
             row = decoder_cost(name, args.profile, size, args.batch_size, device, args.iters)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             rows.append(row)
             print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
             if "error" in row:
-                break  # larger sizes will not fit either
-    slopes = {name: growth_exponent([r for r in rows if r["decoder"] == name])
-              for name in DECODERS}
-    write_json(out / "scaling.json", {"environment": environment(), "profile": args.profile,
-                                      "rows": rows, "growth_exponent_train": slopes})
+                failed.add(name)
+            slopes = {n: growth_exponent([r for r in rows if r["decoder"] == n]) for n in names}
+            write_json(out / "scaling.json", {  # after every row: a cut-short run keeps them
+                "environment": environment(), "profile": args.profile, "rows": rows,
+                "growth_exponent_train": slopes})
     if not args.no_plot:
         plot_scaling(rows, out / "scaling.png")
     print("growth exponent (train step time vs tokens):", slopes)

@@ -24,9 +24,10 @@ KERNEL_OF = {"mambaadv2": "mamba_ssm_mamba3", "mambaad": "mamba_ssm_s6"}
 
 
 def speed_grid(profile: str, device: str = "auto", iters: int = 10,
-               batch_size: int | None = None, encoder: str | None = None) -> list[dict]:
+               batch_size: int | None = None, encoder: str | None = None,
+               out_json: Path | None = None) -> list[dict]:
     """Bench every (model, backend, precision); a backend that cannot run is recorded, not
-    dropped silently.
+    dropped silently. With `out_json`, the rows so far are saved after each combination.
 
     Returns:
         one dict per combination: bench_model's fields plus backend and precision, or
@@ -45,6 +46,8 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
                              batch_size=batch_size, iters=iters, precision=precision,
                              overrides={"backend": backend})
         rows.append({**row, **result})
+        if out_json is not None:
+            write_json(out_json, {"environment": environment(), "rows": rows})
         print(f"{model:10s} {backend:9s} {precision}: train {result['train_images_per_s']:.1f}"
               f" img/s, inference {result['infer_images_per_s']:.1f} img/s, peak "
               f"{result['train_peak_memory_bytes'] / 2**30:.2f} GiB")
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = speed_grid(args.profile, args.device, args.iters, args.batch_size, args.encoder)
+    rows = speed_grid(args.profile, args.device, args.iters, args.batch_size, args.encoder,
+                      out / "speed.json")
     write_json(out / "speed.json", {"environment": environment(), "rows": rows})
     if not args.no_plot:
         plot_speed(rows, out / "speed.png")
