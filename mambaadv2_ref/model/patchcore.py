@@ -124,7 +124,7 @@ def kcenter_greedy(x: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
     """Greedy k-center selection: repeatedly add the point farthest from the chosen set.
 
     Keeps, for every point, its squared distance to the nearest chosen centre and updates it with
-    one new centre per iteration (O(k M D)).
+    one new centre per iteration (O(k M D)); runs on the device of `x`.
 
     Args:
         x: (M, D) points.
@@ -181,11 +181,11 @@ def coreset_indices(patches: torch.Tensor, ratio: float, num_projections: int = 
     k = max(1, round(ratio * m))
     if k == m:
         return torch.arange(m)
-    gen = torch.Generator().manual_seed(seed)
-    x = patches.float().cpu()
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on every device
+    x = patches.float()
     if num_projections < c:
         proj = torch.randn(c, num_projections, generator=gen) / num_projections ** 0.5
-        x = x @ proj
+        x = x @ proj.to(x.device)
     start = int(torch.randint(m, (1,), generator=gen))
     return kcenter_greedy(x, k, start)
 
@@ -223,13 +223,13 @@ class PatchCore(nn.Module):
         patches = []
         for images in batches:
             f = self.patch_features(images)
-            patches.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
+            patches.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         if not patches:
             raise ValueError("fit needs at least one batch of training images")
         allp = torch.cat(patches)
         idx = coreset_indices(allp, self.config.coreset_ratio, self.config.num_projections,
                               self.config.seed)
-        self.memory_bank = allp[idx].to(self.memory_bank.device)
+        self.memory_bank = allp[idx.to(allp.device)]
         return allp.shape[0]
 
     @torch.no_grad()
