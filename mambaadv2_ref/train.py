@@ -84,7 +84,7 @@ class TrainConfig:
     lr: float | None = None
     seed: int = 42
     pretrained: bool = True
-    checkpoint_every: int = 0
+    checkpoint_every: int = 500
     log_every: int = 10
     num_workers: int = 0
     weight_decay: float = 1e-4

@@ -87,6 +87,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, data, capsys):
     assert "unknown key" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "nothing")]) == 2
     assert "checkpoint.json is missing" in capsys.readouterr().err
+    assert main(["predict", "--run", str(tmp_path), "--images", str(tmp_path / "none.png"),
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="key=value"):
         parse_sets(["lr"])
     assert parse_sets(["lr=0.1", "dims=(8, 8)", "curve=hilbert"]) == {

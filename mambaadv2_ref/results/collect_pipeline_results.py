@@ -1,13 +1,15 @@
 """Collect the runs of pipeline_runs.sh into pipeline_results.json and pipeline_results.md.
 
 Usage:
-    python mambaadv2_ref/results/collect_pipeline_results.py RUNS_DIR [--out-dir DIR]
+    python mambaadv2_ref/results/collect_pipeline_results.py RUNS_DIR [--cpu-bench DIR]
+        [--out-dir DIR] [--setup TEXT] [--reading TEXT]
     python mambaadv2_ref/results/collect_pipeline_results.py --digest DATA_ROOT
 
 RUNS_DIR/<dataset>/<model>/{checkpoint.json, metrics.json} and RUNS_DIR/<dataset>/bench_*.json,
-hardware.txt are read; every number in the outputs comes from those files. `--digest` prints a
-SHA-256 over the decoded pixels of every image of a dataset (to check that two machines built the
-same embedded dataset, whatever their PNG encoders).
+hardware.txt are read (and DIR/bench_*.json, hardware.txt of a CPU `bench model` run); every
+number in the outputs comes from those files, and the comparison sentences are generated.
+`--digest` prints a SHA-256 over the decoded pixels of every image of a dataset (to check that
+two machines built the same embedded dataset, whatever their PNG encoders).
 """
 
 from __future__ import annotations
@@ -35,10 +37,25 @@ def pixel_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def read_hardware(folder: Path) -> str:
+    """hardware.txt (lscpu model name, nproc, GPU name lines) as one phrase."""
+    path = folder / "hardware.txt"
+    if not path.exists():
+        return "unknown"
+    lines = [line.split(":", 1)[-1].strip() for line in path.read_text().splitlines()]
+    cpu, cores, *gpu = [line for line in lines if line]
+    return ", ".join([*gpu, f"{cpu} ({cores} cores)"])
+
+
+def read_bench(folder: Path) -> dict:
+    """bench_<model>.json files of a folder, by model."""
+    return {p.stem[len("bench_"):]: json.loads(p.read_text())
+            for p in sorted(folder.glob("bench_*.json"))}
+
+
 def collect_dataset(folder: Path) -> dict:
     """One dataset's runs: metrics, training settings and times, benchmark, hardware."""
-    out = {"models": {}, "bench": {}, "hardware": (folder / "hardware.txt").read_text().split(
-        "\n")[:3] if (folder / "hardware.txt").exists() else []}
+    out = {"models": {}, "bench": read_bench(folder), "hardware": read_hardware(folder)}
     for model in MODELS:
         run = folder / model
         if not (run / "metrics.json").exists():
@@ -57,8 +74,6 @@ def collect_dataset(folder: Path) -> dict:
             "encoder": ckpt["model_config"]["encoder"],
             **({"memory_bank_size": train["memory_bank_size"]} if model == "patchcore" else {}),
         }
-    for path in sorted(folder.glob("bench_*.json")):
-        out["bench"][path.stem[len("bench_"):]] = json.loads(path.read_text())
     return out
 
 
@@ -72,11 +87,44 @@ def wins(models: dict) -> dict:
     return best
 
 
+def compare(models: dict, a: str, b: str) -> str:
+    """'a vs b: higher on ..., lower on ..., equal on ...' over the 8 keys."""
+    if a not in models or b not in models:
+        return ""
+    diff = {k: models[a]["mean"][k] - models[b]["mean"][k] for k in KEYS}
+    parts = [f"{word} on {', '.join(k for k in KEYS if test(diff[k]))}"
+             for word, test in (("higher", lambda d: d > 5e-4), ("lower", lambda d: d < -5e-4),
+                                ("equal (to 0.05 points)", lambda d: abs(d) <= 5e-4))
+             if any(test(diff[k]) for k in KEYS)]
+    return f"{a} vs {b}: " + "; ".join(parts) + "."
+
+
+def class_wins(models: dict, a: str, b: str) -> str:
+    """'a has the higher mAD than b on n of m classes'."""
+    if a not in models or b not in models or len(models[a]["classes"]) < 2:
+        return ""
+    classes = models[a]["classes"]
+    n = sum(models[a]["classes"][c]["mAD"] > models[b]["classes"][c]["mAD"] for c in classes)
+    return f"{a} has a higher mAD than {b} on {n} of {len(classes)} classes."
+
+
+def bench_table(bench: dict) -> list[str]:
+    """Markdown rows of `bench model` results."""
+    lines = ["| model | device | image px | batch | params M | train img/s | infer img/s | "
+             "train peak GiB |", "|---" * 8 + "|"]
+    for model, b in bench.items():
+        lines.append(f"| {model} | {b['device_name']} | {b['image_size']} | {b['batch_size']} | "
+                     f"{b['parameters'] / 1e6:.2f} | {b['train_images_per_s']:.2f} | "
+                     f"{b['infer_images_per_s']:.2f} | "
+                     f"{b['train_peak_memory_bytes'] / 2**30:.2f} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     """The results as markdown tables (percent, one decimal)."""
     lines = [f"# Pipeline results ({results['date']})", "", results["setup"], ""]
     for name, ds in results["datasets"].items():
-        lines += [f"## {name}", "", f"Hardware: {', '.join(ds['hardware'])}.", "",
+        lines += [f"## {name}", "", f"Hardware: {ds['hardware']}.", "",
                   "| model | " + " | ".join(KEYS) + " | steps | train s | eval img/s |",
                   "|---" * (len(KEYS) + 4) + "|"]
         for model, r in ds["models"].items():
@@ -84,7 +132,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {model} | {cells} | {r['steps']} | {r['train_seconds']:.0f} | "
                          f"{r['eval_images_per_s']:.0f} |")
         lines += ["", "Best per metric: " + "; ".join(
-            f"{k}: {', '.join(v)}" for k, v in ds["wins"].items()), ""]
+            f"{k}: {', '.join(v)}" for k, v in ds["wins"].items()) + ".", ""]
+        lines += [f"- {s}" for s in ds["comparisons"] if s] + [""]
         classes = next(iter(ds["models"].values()))["classes"]
         if len(classes) > 1:
             lines += ["Per-class mAD:", "", "| class | " + " | ".join(ds["models"]) + " |",
@@ -95,14 +144,12 @@ def markdown(results: dict) -> str:
                     + " |")
             lines.append("")
         if ds["bench"]:
-            lines += ["Throughput (`bench model`, random weights):", "",
-                      "| model | params M | train img/s | infer img/s | train peak GiB |",
-                      "|---|---|---|---|---|"]
-            for model, b in ds["bench"].items():
-                lines.append(f"| {model} | {b['parameters'] / 1e6:.2f} | "
-                             f"{b['train_images_per_s']:.1f} | {b['infer_images_per_s']:.1f} | "
-                             f"{b['train_peak_memory_bytes'] / 2**30:.2f} |")
-            lines.append("")
+            lines += ["Throughput of this profile (`bench model`, random weights, random images):",
+                      "", *bench_table(ds["bench"]), ""]
+    if results.get("cpu_bench"):
+        cpu = results["cpu_bench"]
+        lines += ["## CPU throughput", "", f"Hardware: {cpu['hardware']}, one intra-op thread "
+                  "(the machine is shared).", "", *bench_table(cpu["bench"]), ""]
     lines += ["## Reading", "", results["reading"], ""]
     return "\n".join(lines)
 
@@ -112,6 +159,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="?", help="RUNS_DIR of pipeline_runs.sh")
     parser.add_argument("--out-dir", default=str(Path(__file__).parent))
     parser.add_argument("--digest", help="print the pixel digest of a dataset root and exit")
+    parser.add_argument("--cpu-bench", help="folder of a CPU `bench model` run")
     parser.add_argument("--setup", default="", help="one paragraph on how the runs were made")
     parser.add_argument("--reading", default="", help="one paragraph: where v2 wins and not")
     args = parser.parse_args()
@@ -123,9 +171,16 @@ def main() -> None:
         ds = collect_dataset(folder)
         if ds["models"]:
             ds["wins"] = wins(ds["models"])
+            ds["comparisons"] = [compare(ds["models"], "mambaadv2", "mambaad"),
+                                 compare(ds["models"], "mambaadv2", "patchcore"),
+                                 class_wins(ds["models"], "mambaadv2", "mambaad"),
+                                 class_wins(ds["models"], "mambaadv2", "patchcore")]
             datasets[folder.name] = ds
     results = {"date": datetime.date.today().isoformat(), "setup": args.setup,
                "reading": args.reading, "metric_keys": list(KEYS), "datasets": datasets}
+    if args.cpu_bench:
+        folder = Path(args.cpu_bench)
+        results["cpu_bench"] = {"hardware": read_hardware(folder), "bench": read_bench(folder)}
     out = Path(args.out_dir)
     (out / "pipeline_results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "pipeline_results.md").write_text(markdown(results))

@@ -7,6 +7,7 @@
 #   DATA   dataset root, or - for the embedded dataset
 #   STEPS  optimisation steps of mambaadv2 and mambaad (the same for both), or "auto": BUDGET_S
 #          seconds at the slower model's training throughput measured by `bench model`
+# Environment: MODELS (default "mambaadv2 mambaad patchcore"), WORKERS (DataLoader workers).
 set -euo pipefail
 name=$1; data=$2; profile=$3; steps=$4; runs=$5; device=${6:-auto}; budget=${7:-120}
 enc=efficientnet_lite0
@@ -16,7 +17,7 @@ out="$runs/$name"
 mkdir -p "$out"
 data_args=()
 if [ "$data" != "-" ]; then data_args=(--data "$data"); fi
-{ lscpu | grep "Model name" || true; nproc; nvidia-smi --query-gpu=name --format=csv,noheader \
+{ lscpu | grep "Model name" || true; OMP_NUM_THREADS= nproc; nvidia-smi --query-gpu=name --format=csv,noheader \
   2>/dev/null || true; } > "$out/hardware.txt"
 if [ "$steps" = auto ]; then
   for m in mambaadv2 mambaad; do
@@ -28,7 +29,7 @@ import json
 b = [json.load(open(f'$out/bench_{m}.json')) for m in ('mambaadv2', 'mambaad')]
 print(max(50, int($budget * min(x['train_images_per_s'] for x in b) / b[0]['batch_size'])))")
 fi
-for m in mambaadv2 mambaad patchcore; do  # a failing model does not stop the others
+for m in ${MODELS:-mambaadv2 mambaad patchcore}; do  # a failing model does not stop the others
   $cli train "${data_args[@]}" --profile "$profile" --model $m --encoder $enc --steps "$steps" \
     --device "$device" --out "$out/$m" --set num_workers="$workers" \
     && $cli evaluate --run "$out/$m" --device "$device" || echo "FAILED: $name $m"
