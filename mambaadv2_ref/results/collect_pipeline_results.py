@@ -1,8 +1,8 @@
 """Collect the runs of pipeline_runs.sh into pipeline_results.json and pipeline_results.md.
 
 Usage:
-    python mambaadv2_ref/results/collect_pipeline_results.py RUNS_DIR [--cpu-bench DIR]
-        [--out-dir DIR] [--setup TEXT] [--reading TEXT]
+    python mambaadv2_ref/results/collect_pipeline_results.py [LABEL=]RUNS_DIR ...
+        [--cpu-bench DIR] [--out-dir DIR] [--setup TEXT] [--reading TEXT]
     python mambaadv2_ref/results/collect_pipeline_results.py --digest DATA_ROOT
 
 RUNS_DIR/<dataset>/<model>/{checkpoint.json, metrics.json} and RUNS_DIR/<dataset>/bench_*.json,
@@ -156,7 +156,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="?", help="RUNS_DIR of pipeline_runs.sh")
+    parser.add_argument("runs", nargs="*", help="[LABEL=]RUNS_DIR of pipeline_runs.sh")
     parser.add_argument("--out-dir", default=str(Path(__file__).parent))
     parser.add_argument("--digest", help="print the pixel digest of a dataset root and exit")
     parser.add_argument("--cpu-bench", help="folder of a CPU `bench model` run")
@@ -167,15 +167,17 @@ def main() -> None:
         print(pixel_digest(Path(args.digest)))
         return
     datasets = {}
-    for folder in sorted(p for p in Path(args.runs).iterdir() if p.is_dir()):
-        ds = collect_dataset(folder)
-        if ds["models"]:
-            ds["wins"] = wins(ds["models"])
-            ds["comparisons"] = [compare(ds["models"], "mambaadv2", "mambaad"),
-                                 compare(ds["models"], "mambaadv2", "patchcore"),
-                                 class_wins(ds["models"], "mambaadv2", "mambaad"),
-                                 class_wins(ds["models"], "mambaadv2", "patchcore")]
-            datasets[folder.name] = ds
+    for spec in args.runs:
+        label, _, runs = spec.rpartition("=")
+        for folder in sorted(p for p in Path(runs).iterdir() if p.is_dir()):
+            ds = collect_dataset(folder)
+            if ds["models"]:
+                ds["wins"] = wins(ds["models"])
+                ds["comparisons"] = [compare(ds["models"], "mambaadv2", "mambaad"),
+                                     compare(ds["models"], "mambaadv2", "patchcore"),
+                                     class_wins(ds["models"], "mambaadv2", "mambaad"),
+                                     class_wins(ds["models"], "mambaadv2", "patchcore")]
+                datasets[f"{folder.name} ({label})" if label else folder.name] = ds
     results = {"date": datetime.date.today().isoformat(), "setup": args.setup,
                "reading": args.reading, "metric_keys": list(KEYS), "datasets": datasets}
     if args.cpu_bench:
