@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,8 +119,9 @@ def _train(args) -> None:
                       device=args.device, resume=args.resume)
     cfg = config_from_sets(cfg, parse_sets(args.sets), model_config_fields(args.model))
     meta = train(cfg)
-    print(f"trained {cfg.model}: {meta['train']['num_steps']} steps, "
-          f"{meta['train_seconds']:.1f} s; checkpoint in {cfg.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary line
+        print(f"trained {cfg.model}: {meta['train']['num_steps']} steps, "
+              f"{meta['train_seconds']:.1f} s; checkpoint in {cfg.out}")
 
 
 def _evaluate(args) -> None:

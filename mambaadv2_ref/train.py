@@ -296,6 +296,7 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     if world_size > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return meta
 
 
