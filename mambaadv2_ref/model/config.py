@@ -173,13 +173,16 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(encoder="efficientnet_lite0", image_size=128, dims=(128, 64, 32, 16),
                  depths=(1, 1, 1, 1), d_state=16, headdim=16, chunk_size=64,
                  scan_plan="decay_deep", matrix_max_tokens=64),
-    # CPU, tens of minutes of training (same plan as tiny, matrix windows of 256 tokens)
+    # CPU, tens of minutes of training: tiny's plan and windows, wider, at 192 px
     "small": dict(encoder="efficientnet_lite0", image_size=192, dims=(256, 128, 64, 32),
-                  depths=(2, 2, 2, 2), d_state=16, headdim=32, chunk_size=64,
-                  scan_plan="decay_deep", matrix_max_tokens=256),
-    # GPU: the paper's sizes (MambaAD section 1.1)
+                  depths=(1, 1, 1, 1), d_state=16, headdim=32, chunk_size=64,
+                  scan_plan="decay_deep", matrix_max_tokens=64),
+    # GPU: the paper's sizes (MambaAD section 1.1). The matrix path is global up to 16 x 16
+    # (256 tokens) and runs on 256-token Hilbert windows (16 x 16 patches) at 32 x 32 and
+    # 64 x 64 (with 1024 the quadratic matrix path dominates the FLOPs: see model_summary)
     "paper": dict(encoder="resnet34", image_size=256, dims=(512, 256, 128, 64),
-                  depths=(3, 4, 6, 3), d_state=16, headdim=32, chunk_size=64),
+                  depths=(3, 4, 6, 3), d_state=16, headdim=32, chunk_size=64,
+                  matrix_max_tokens=256),
 }
 V1_DEFAULTS = dict(scan_plan="uniform", use_fft=False, dwconv=True)
 
