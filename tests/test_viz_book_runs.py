@@ -1,0 +1,28 @@
+"""viz.book_runs: the live-run config and the committed-results reader (no training here)."""
+
+import json
+
+import pytest
+
+from mambaadv2_ref.viz import book_runs
+
+
+def test_live_run_config_follows_the_profile(tmp_path):
+    cfg = book_runs.live_run_config(tmp_path / "run", "tiny")
+    assert cfg.steps == book_runs.LIVE_STEPS["tiny"] and cfg.profile == "tiny"
+    assert cfg.resume and cfg.data is None and cfg.classes is None   # all embedded classes
+    assert book_runs.live_run_config(tmp_path, "paper", steps=7).steps == 7
+    with pytest.raises(ValueError, match="profile must be one of"):
+        book_runs.live_run_config(tmp_path, "huge")
+
+
+def test_committed_results_reads_or_says_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(book_runs, "RESULTS_DIR", tmp_path)
+    assert book_runs.committed_results("missing.json") is None
+    assert book_runs.list_results() == []
+    (tmp_path / "bench.json").write_text(json.dumps({"date": "2026-11-27", "ms": 1.5}))
+    (tmp_path / "notes.md").write_text("not a result")
+    assert book_runs.committed_results("bench.json") == {"date": "2026-11-27", "ms": 1.5}
+    assert book_runs.list_results() == ["bench.json"]
+    with pytest.raises(ValueError, match=".json"):
+        book_runs.committed_results("notes.md")
