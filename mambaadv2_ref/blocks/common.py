@@ -56,8 +56,8 @@ class DirectionScanner(nn.Module):
 
 
 def drop_path_rates(max_rate: float, count: int) -> list[float]:
-    """MambaAD's stochastic-depth schedule: linspace(0, max_rate, count) reversed (deepest decoder
-    module first gets the largest rate)."""
+    """MambaAD's stochastic-depth schedule: linspace(0, max_rate, count) reversed (the deepest
+    decoder block gets the largest rate)."""
     return torch.linspace(0, max_rate, count).flip(0).tolist() if count else []
 
 

@@ -45,12 +45,15 @@ class Decoder(nn.Module):
         super().__init__()
         plan = cfg.plan()
         splits = [modules_per_stage(d) for d in cfg.depths]
-        rates = iter(drop_path_rates(cfg.drop_path, sum(len(s) for s in splits)))
+        # MambaAD: one rate per block, linspace(0, max, sum(depths)) reversed; module i of a
+        # stage takes the i-th rate of its stage's slice
+        rates = drop_path_rates(cfg.drop_path, sum(cfg.depths))
+        starts = [sum(cfg.depths[:s]) for s in range(len(cfg.depths))]
         self.expands = nn.ModuleList([nn.Identity()] + [
             PatchExpand(cfg.dims[s - 1], cfg.dims[s]) for s in range(1, len(cfg.dims))])
         self.stages = nn.ModuleList([
-            nn.Sequential(*[_build_module(cfg, dim, m, plan.stages[s], next(rates))
-                            for m in split])
+            nn.Sequential(*[_build_module(cfg, dim, m, plan.stages[s], rates[starts[s] + i])
+                            for i, m in enumerate(split)])
             for s, (dim, split) in enumerate(zip(cfg.dims, splits, strict=True))])
         # outputs of stages 3, 2, 1 go to encoder scales 1, 2, 3
         self.projections = nn.ModuleList([
