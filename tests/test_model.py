@@ -80,7 +80,7 @@ def test_config_round_trip_and_presets():
 def test_drop_path_schedule_follows_mambaad():
     """linspace(0, 0.2, 16) reversed; module i of a stage takes rate i of its stage's slice."""
     from mambaadv2_ref.model.decoder import Decoder
-    cfg = preset("tiny", "mambaad", depths=(3, 4, 6, 3), **{k: MINI[k] for k in ("dims",)})
+    cfg = preset("tiny", "mambaad", depths=(3, 4, 6, 3), dims=MINI["dims"])
     decoder = Decoder(cfg, [8, 16, 16])
     rates = [[m.blocks[0].drop_path.drop_prob for m in stage] for stage in decoder.stages]
     dpr = torch.linspace(0, 0.2, 16).flip(0).tolist()
