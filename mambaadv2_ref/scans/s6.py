@@ -157,28 +157,28 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     delta, delta_u, A, B, C = (_to_chunks(x, L, chunks, Q) if x.dim() > 2 else x
                                for x in _prepare(u, delta, A, B, C, delta_bias, delta_softplus))
 
-    def B_at(t):
-        return B[:, min(t, B.shape[1] - 1)]
+    # Per-step views by unbind, not x[:, t] in the loops: the backward of unbind is one stack,
+    # while each indexing op would allocate and zero-fill a full-size gradient.
+    def steps(x):  # (chunks, Q or 1, ...) -> Q tensors (chunks, ...)
+        return x.unbind(1) if x.shape[1] == Q else x.unbind(1) * Q
 
-    def C_at(t):
-        return C[:, min(t, C.shape[1] - 1)]
-
+    delta_t, delta_u_t, B_t, C_t = steps(delta), steps(delta_u), steps(B), steps(C)
     h = torch.zeros(chunks, b, d, N, dtype=A.dtype, device=A.device)
     y_local = []
     for t in range(Q):                                       # step 1
-        h = torch.addcmul(delta_u[:, t, ..., None] * B_at(t),
-                          torch.exp(delta[:, t, ..., None] * A), h)
-        y_local.append(torch.linalg.vecdot(h, C_at(t)))
+        h = torch.addcmul(delta_u_t[t][..., None] * B_t[t],
+                          torch.exp(delta_t[t][..., None] * A), h)
+        y_local.append(torch.linalg.vecdot(h, C_t[t]))
     chunk_decay = torch.exp(delta.sum(1)[..., None] * A)     # (chunks, b, D, N)
     carry = torch.zeros_like(h[0])
     carries = []
-    for c in range(chunks):                                  # step 2
+    for h_c, decay_c in zip(h.unbind(0), chunk_decay.unbind(0), strict=True):  # step 2
         carries.append(carry)
-        carry = torch.addcmul(h[c], chunk_decay[c], carry)
+        carry = torch.addcmul(h_c, decay_c, carry)
     carries = torch.stack(carries)
-    cum_delta = torch.cumsum(delta, dim=1)                   # step 3
+    cum_delta_t = torch.cumsum(delta, dim=1).unbind(1)       # step 3
     y = torch.stack([y_local[t] + torch.linalg.vecdot(
-        torch.exp(cum_delta[:, t, ..., None] * A) * carries, C_at(t)) for t in range(Q)], dim=1)
+        torch.exp(cum_delta_t[t][..., None] * A) * carries, C_t[t]) for t in range(Q)], dim=1)
     return _finish(y.reshape(chunks * Q, b, d)[:L], u, D, z), carry
 
 
