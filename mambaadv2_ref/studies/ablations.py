@@ -33,6 +33,8 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
     "no_fft": ("mambaadv2", {"use_fft": False}, "frequency branch without its FFT filter"),
     "no_position": ("mambaadv2", {"position_aware": False},
                     "no rotary angles / trapezoid (plain Mamba-2 SSD)"),
+    "plan_uniform": ("mambaadv2", {"scan_plan": "uniform"},
+                     "no progressive scan: hilbert x 8 at every stage (MambaAD v1)"),
     "plan_decay_deep": ("mambaadv2", {"scan_plan": "decay_deep"},
                         "progressive scan: 8,8,4,2 directions (deep to shallow)"),
     "plan_decay_shallow": ("mambaadv2", {"scan_plan": "decay_shallow"},
