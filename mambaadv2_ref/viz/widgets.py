@@ -35,9 +35,10 @@ def figure_explorer(draw: Callable[..., Figure], controls: dict[str, widgets.Val
         raise ValueError("controls must hold at least one keyword -> widget pair")
     output = widgets.Output()
 
-    def redraw(_change=None) -> None:
+    def redraw(change=None) -> None:
         figure = draw(**{name: c.value for name, c in controls.items()})
-        output.clear_output(wait=True)
+        if change is not None:  # the first draw has nothing to clear
+            output.clear_output(wait=True)
         with output:
             display(figure)
 
