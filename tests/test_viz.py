@@ -92,6 +92,8 @@ def test_ssm_explorer_widget_builds_and_redraws(monkeypatch):
     assert [s.description for s in sliders] == ["dt", "A", "trapezoid λ", "angle θ"]
     sliders[1].value = -2.0
     assert len(drawn) == 2 and drawn[-1]["A"] == -2.0 and drawn[-1]["length"] == 8
+    (shown,) = box.children[-1].outputs            # the current figure only, as a PNG
+    assert shown["output_type"] == "display_data" and shown["data"]["image/png"]
 
 
 class _TwoScaleModel(torch.nn.Module):

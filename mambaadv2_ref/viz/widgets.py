@@ -8,15 +8,30 @@ shows something without a running kernel.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from collections.abc import Callable
 
 import ipywidgets as widgets
-from IPython.display import display
 from matplotlib.figure import Figure
 
 from mambaadv2_ref.viz.heatmaps import heatmap_explorer_figure, per_scale_maps
 from mambaadv2_ref.viz.plots import ssm_explorer_figure
+
+
+def figure_output(figure: Figure, dpi: int = 80) -> dict:
+    """A Figure as one notebook display_data output (PNG), for an Output widget's `outputs`.
+
+    Setting `outputs` directly, instead of capturing `display()` inside the widget, keeps the
+    widget's state self-contained: it is saved with the notebook and needs no output capture
+    while a notebook is executed non-interactively.
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                     "text/plain": repr(figure)}}
 
 
 def figure_explorer(draw: Callable[..., Figure], controls: dict[str, widgets.ValueWidget],
@@ -35,12 +50,9 @@ def figure_explorer(draw: Callable[..., Figure], controls: dict[str, widgets.Val
         raise ValueError("controls must hold at least one keyword -> widget pair")
     output = widgets.Output()
 
-    def redraw(change=None) -> None:
+    def redraw(_change=None) -> None:
         figure = draw(**{name: c.value for name, c in controls.items()})
-        if change is not None:  # the first draw has nothing to clear
-            output.clear_output(wait=True)
-        with output:
-            display(figure)
+        output.outputs = (figure_output(figure),)
 
     for control in controls.values():
         control.observe(redraw, names="value")
