@@ -17,14 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mambaadv2_ref.data.download import ChecksumError, DownloadError, download, extract
+from mambaadv2_ref.data.download import download, exit_status, extract
 from mambaadv2_ref.data.mvtec import MVTecDataset, list_classes
 
 URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
        "420938113-1629952094/mvtec_anomaly_detection.tar.xz")
 SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"  # anomalib's pin
 ARCHIVE = "mvtec_anomaly_detection.tar.xz"
-EXIT_NETWORK, EXIT_CHECKSUM, EXIT_LAYOUT = 2, 3, 4
 
 
 def find_root(folder: Path) -> Path:
@@ -63,21 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-archive", action="store_true", help="remove it when done")
     args = parser.parse_args(argv)
     archive = args.out / ARCHIVE
-    try:
+    found = {}
+
+    def prepare():
         download(args.url, archive, None if args.no_verify else args.sha256, args.timeout)
         print(f"extracting {archive} ...")
         extract(archive, args.out)
-        root = find_root(args.out)
-        print(summarise(root))
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_NETWORK
-    except ChecksumError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CHECKSUM
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_LAYOUT
+        found["root"] = find_root(args.out)
+        print(summarise(found["root"]))
+
+    status = exit_status(prepare)
+    if status:
+        return status
+    root = found["root"]
     if args.delete_archive:
         archive.unlink()
     print(f"MVTec AD ready at {root}")

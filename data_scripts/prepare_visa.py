@@ -19,14 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mambaadv2_ref.data.download import ChecksumError, DownloadError, download, extract
+from mambaadv2_ref.data.download import download, exit_status, extract
 from mambaadv2_ref.data.visa import convert_visa
 
 URL = "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"
 SHA256 = "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362"  # anomalib's pin
 SPLIT_URL = "https://raw.githubusercontent.com/amazon-science/spot-diff/main/split_csv/1cls.csv"
 ARCHIVE = "VisA_20220922.tar"
-EXIT_NETWORK, EXIT_CHECKSUM, EXIT_LAYOUT = 2, 3, 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raw = args.raw or args.out.with_name(args.out.name + "_raw")
     split_csv = args.split_csv or raw / "split_csv" / "1cls.csv"
-    try:
+    counts = {}
+
+    def prepare():
         if not split_csv.is_file():
             archive = raw / ARCHIVE
             download(args.url, archive, None if args.no_verify else args.sha256, args.timeout)
@@ -50,16 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             if not split_csv.is_file():
                 print(f"{split_csv} not in the archive; fetching it (checksum unknown)")
                 download(SPLIT_URL, split_csv, None, args.timeout)
-        counts = convert_visa(raw, args.out, split_csv)
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_NETWORK
-    except ChecksumError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_CHECKSUM
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_LAYOUT
+        counts.update(convert_visa(raw, args.out, split_csv))
+
+    status = exit_status(prepare)
+    if status:
+        return status
     for cls, c in sorted(counts.items()):
         print(f"{cls:>12}: train {c['train']:4d}, test good {c['test_good']:4d}, "
               f"test bad {c['test_bad']:4d}")

@@ -80,3 +80,14 @@ def ssd_inputs():
 @pytest.fixture
 def mamba3_inputs():
     return make_mamba3_inputs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the tests use small tensors, and on a shared 2-core machine more
+    threads only spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -30,14 +30,6 @@ def seeded(seed=0):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ---- norms -----------------------------------------------------------------------------------
 
 def test_rms_norm_grouped_matches_formula():

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from test_pipeline import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from mambaadv2_ref.cli import main, parse_sets
 from mambaadv2_ref.data import make_tiny_dataset

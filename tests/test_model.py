@@ -37,14 +37,6 @@ def tiny_v2():
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ---- config ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, match", [

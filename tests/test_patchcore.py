@@ -3,7 +3,6 @@ outliers get the highest scores, memory bank round trip through a state dict."""
 
 import pytest
 import torch
-from test_pipeline import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from mambaadv2_ref.model.patchcore import (
     PatchCore,

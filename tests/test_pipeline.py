@@ -20,13 +20,6 @@ FAST = {"image_size": 64, "batch_size": 2, "pretrained": False, "log_every": 1}
 SMALL_MODEL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only spin against others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ tiny sizes on the CPU; their files hold what the book reads. No timing is assert
 import json
 
 import pytest
-from test_pipeline import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.evaluate import METRIC_KEYS

@@ -11,6 +11,7 @@ message says what to do by hand.
 from __future__ import annotations
 
 import hashlib
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -28,6 +29,29 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(ValueError):
     """The fetched file does not have the expected SHA-256."""
+
+
+# exit statuses of the data_scripts/prepare_* commands
+EXIT_NETWORK, EXIT_CHECKSUM, EXIT_LAYOUT = 2, 3, 4
+
+
+def exit_status(prepare) -> int:
+    """Run `prepare()` (download, extract, convert); turn its errors into one message on stderr
+    and an exit status: 2 no network, 3 checksum mismatch, 4 bad layout; 0 on success."""
+    try:
+        prepare()
+    except DownloadError as err:
+        return _fail(err, EXIT_NETWORK)
+    except ChecksumError as err:
+        return _fail(err, EXIT_CHECKSUM)
+    except ValueError as err:
+        return _fail(err, EXIT_LAYOUT)
+    return 0
+
+
+def _fail(err: Exception, status: int) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return status
 
 
 def sha256_of(path: str | Path) -> str:
