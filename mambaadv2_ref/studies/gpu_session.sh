@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One sitting on a GPU machine without internet (../shared/gpu/README.md): mamba-ssm parity
 # tests (scans, block, model), the speed grid and the resolution scaling at the paper profile.
-# Run from the repository root with `.whl/` (mamba-ssm wheel, pytest wheels, the gpu scripts)
-# carried; results go to $OUT (JSON and logs), each phase time-boxed so that a slow one cannot
-# starve the others. BUILD_S6=1 also compiles mamba-ssm's Mamba-1 CUDA scan (about 2 minutes).
+# Run from the repository root with `.whl/` carried; results go to $OUT (JSON and logs), each
+# phase time-boxed so that a slow one cannot starve the others. BUILD_S6=1 also compiles
+# mamba-ssm's Mamba-1 CUDA scan (about 2 minutes). Make `.whl/` on the CPU machine, in the venv:
+#   bash ../shared/gpu/build_mamba_wheel.sh             (mamba-ssm wheel + sdist)
+#   mkdir -p .whl/gpu .whl/py && cp ../shared/gpu/*.sh ../shared/gpu/*.py .whl/gpu/
+#   pip download --no-deps -d .whl/py pytest pluggy iniconfig pygments packaging
+# (the GPU image has torch, triton, timm, scipy, Pillow, tqdm and safetensors, but not pytest).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_out}
