@@ -13,17 +13,14 @@ Command line: `python -m mambaadv2_ref.scans.bench --device cuda --out bench.jso
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from ..timing import environment, seconds_per_call
 from .backends import available_backends
 from .mamba3 import mamba3_chunked, mamba3_scan, mamba3_sequential
 from .s6 import selective_scan, selective_scan_chunked, selective_scan_sequential
@@ -87,37 +84,6 @@ def _compiled(shape: dict) -> Callable[[dict], object]:
     return lambda x: fn(**x, chunk_size=shape["chunk"])
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device, reps: int) -> float:
-    """Median wall time of `reps` calls after one warm-up call, in milliseconds."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _environment(device: torch.device) -> dict:
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(),
-           "backends": {k: list(v) for k, v in available_backends().items()}}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-        env["cpu_count"] = os.cpu_count()
-        env["load_average_1_5_15min"] = list(os.getloadavg())
-    return env
-
-
 def _ratios(methods: dict) -> dict:
     ms = {k: v["ms"] for k, v in methods.items() if "ms" in v}
     out = {}
@@ -151,7 +117,7 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
 
     device = resolve_device(device)
     shapes = shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
-    result = {"environment": _environment(device), "note": __doc__.split("\n\n")[1],
+    result = {"environment": environment(device), "note": __doc__.split("\n\n")[1],
               "shapes": []}
 
     def save():
@@ -181,8 +147,9 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
                 x = _inputs(shape, batch, device)
                 with torch.no_grad():
                     start = time.perf_counter()
-                    ms = _time_ms(lambda run=run, x=x: run(x), device,
-                                  1 if method == "sequential" else reps)
+                    ms = 1e3 * seconds_per_call(
+                        lambda run=run, x=x: run(x), device, warmup=1, iters=1,
+                        repeats=1 if method == "sequential" else reps)
                 entry["methods"][method] = {"ms": ms, "batch": batch,
                                             "total_s": time.perf_counter() - start}
             except Exception as err:  # OOM, compile failures: record and go on

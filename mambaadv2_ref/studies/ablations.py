@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
 
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import METRIC_KEYS, evaluate
+from mambaadv2_ref.timing import environment
 from mambaadv2_ref.train import TrainConfig, train
 
 # name -> (model, overrides of the model config, what it tests)
@@ -88,27 +85,6 @@ def markdown(rows: list[dict]) -> str:
                  f"{r['infer_images_per_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def environment() -> dict:
-    """Date, host and library versions to store beside every result."""
-    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(),
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        env["mamba_ssm"] = version("mamba_ssm")
-    except Exception:  # noqa: BLE001 - not installed, or installed without metadata
-        pass
-    return env
 
 
 def main(argv: list[str] | None = None) -> int:

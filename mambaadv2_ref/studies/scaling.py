@@ -21,8 +21,8 @@ import torch
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.profiles import resolve_device
-from mambaadv2_ref.studies.ablations import environment
 from mambaadv2_ref.timing import (
+    environment,
     peak_memory_bytes,
     reset_peak_memory,
     seconds_per_call,

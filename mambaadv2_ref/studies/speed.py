@@ -15,7 +15,7 @@ from pathlib import Path
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import bench_model
 from mambaadv2_ref.scans import available_backends
-from mambaadv2_ref.studies.ablations import environment
+from mambaadv2_ref.timing import environment
 
 MODELS = ("mambaadv2", "mambaad")
 PRECISIONS = ("fp32", "bf16")
