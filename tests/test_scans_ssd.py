@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mambaadv2_ref.scans import segsum, segsum_two_sided, ssd_matrix, ssd_scan
+from mambaadv2_ref.scans import decay_mask, segsum, segsum_two_sided, ssd_matrix, ssd_scan
 from mambaadv2_ref.scans.common import softplus20
 from mambaadv2_ref.scans.ssd import ssd_chunked, ssd_sequential
 
@@ -34,6 +34,18 @@ def test_segsum_stable_for_long_spans():
     assert (S[idx, idx - 1] == a[idx]).all()
     assert (naive[idx, idx - 1] - a[idx]).abs().max() > 1e-5
     assert torch.isfinite(torch.exp(S)).all() and (torch.exp(S).triu(1) == 0).all()
+
+
+def test_decay_mask_is_exp_of_segsum_with_gradients():
+    """The fast mask (no exp(-inf)) equals exp(segsum(a)), values and gradients."""
+    a = -torch.rand(3, 2, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 9, 9, dtype=torch.float64)
+    fast, slow = decay_mask(a), torch.exp(segsum(a))
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=0)
+    (g_fast,) = torch.autograd.grad((fast * w).sum(), a)
+    (g_slow,) = torch.autograd.grad((slow * w).sum(), a)
+    torch.testing.assert_close(g_fast, g_slow, rtol=1e-12, atol=1e-14)
+    assert (decay_mask(torch.full((1, 5), -1e4)).triu(1) == 0).all()
 
 
 @pytest.mark.parametrize("L,chunk", [(1, 4), (37, 8), (64, 16), (50, 64)])

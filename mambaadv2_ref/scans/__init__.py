@@ -7,7 +7,8 @@ Public API (mamba-ssm signatures and semantics; keyword `backend`: "auto", "torc
     mamba3_scan      Mamba-3 SISO          (mamba3.py; mamba_ssm mamba3_siso_combined)
     available_backends                     (backends.py)
 Every fast path has a slow twin, by module: s6.selective_scan_sequential / selective_scan_chunked,
-ssd.ssd_sequential / ssd_matrix / ssd_chunked, segsum.segsum / segsum_two_sided,
+ssd.ssd_sequential / ssd_matrix / ssd_chunked, segsum.segsum / segsum_two_sided / decay_mask
+(= exp(segsum), fast),
 mamba3.mamba3_sequential / mamba3_matrix / mamba3_chunked / mamba3_complex_sequential.
 """
 
@@ -20,11 +21,12 @@ from .mamba3 import (
     mamba3_sequential,
 )
 from .s6 import selective_scan, selective_scan_chunked, selective_scan_sequential
-from .segsum import segsum, segsum_two_sided
+from .segsum import decay_mask, segsum, segsum_two_sided
 from .ssd import ssd_chunked, ssd_matrix, ssd_scan, ssd_sequential
 
 __all__ = [
     "available_backends",
+    "decay_mask",
     "mamba3_chunked",
     "mamba3_complex_sequential",
     "mamba3_matrix",

@@ -36,7 +36,8 @@ GPU_SHAPES = [
 CPU_SHAPES = [
     dict(scan="s6", batch=1, length=4096, heads=1, headdim=16, d_state=16),
     dict(scan="s6", batch=2, length=4096, heads=2, headdim=32, d_state=16),
-    dict(scan="ssd", batch=2, length=4096, heads=4, headdim=32, d_state=16, chunk=64),
+    dict(scan="ssd", batch=2, length=4096, heads=4, headdim=32, d_state=16, chunk=32),
+    dict(scan="mamba3", batch=2, length=4096, heads=4, headdim=32, d_state=16, chunk=32),
 ]
 KERNELS = {"s6": "mamba_ssm_s6", "ssd": "mamba_ssm_ssd", "mamba3": "mamba_ssm_mamba3"}
 

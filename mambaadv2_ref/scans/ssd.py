@@ -12,7 +12,8 @@ Glossary (code name -> symbol):
     x (b, L, h, p) -> x;  dt (b, L, h) -> Delta;  A (h,) -> A_h;  B, C (b, L, g, N) -> B_t, C_t
     (head i uses group i // (h / g));  headdim -> p;  d_state -> N;  chunk_size -> Q
     xbar -> Delta x (or any per-step input weight);  log_a -> a_t, the log-decay
-The `*_core` functions take (xbar, log_a, B, C) with B, C already per head; Mamba-3 reuses them.
+The `*_core` functions take (xbar, log_a, B, C) with B, C per group (g = h: per head); Mamba-3
+reuses them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .common import (
     prepare_step,
     skip_and_gate,
 )
-from .segsum import segsum, segsum_two_sided
+from .segsum import decay_mask, segsum_two_sided
 
 
 def expand_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
@@ -41,12 +42,14 @@ def ssd_sequential_core(xbar, log_a, B, C, initial_states=None):
     """Recurrence (SSD.1) one step at a time, without D.
 
     Args:
-        xbar (b, L, h, p); log_a (b, L, h); B, C (b, L, h, N); initial_states (b, h, p, N).
+        xbar (b, L, h, p); log_a (b, L, h); B, C (b, L, g, N), g | h (g = h: one per head);
+        initial_states (b, h, p, N).
     Returns:
         y (b, L, h, p), final state H_{L-1} (b, h, p, N).
     Implements: (SSD.1) and y_t = H_t C_t.
     """
     b, L, h, p = xbar.shape
+    B, C = expand_groups(B, h), expand_groups(C, h)
     H = xbar.new_zeros(b, h, p, B.shape[-1]) if initial_states is None else initial_states
     ys = []
     for t in range(L):
@@ -59,7 +62,7 @@ def ssd_matrix_core(xbar, log_a, B, C, causal=True):
     """Materialised quadratic form Y = (L o C B^T) Xbar, without D.
 
     Args:
-        xbar (b, L, h, p); log_a (b, L, h); B, C (b, L, h, N);
+        xbar (b, L, h, p); log_a (b, L, h); B, C (b, L, g, N), g | h (g = h: one per head);
         causal: True for L = exp(segsum(a)) (lower triangular); False for the two-sided mask
             exp(segsum_two_sided(a)) = exp(-|sum of a between s and t|) for a <= 0: the backward
             half mirrors the forward one, L_ts = L_st.
@@ -67,55 +70,61 @@ def ssd_matrix_core(xbar, log_a, B, C, causal=True):
         y (b, L, h, p).
     Implements: (SSD.3).
     """
-    seg = segsum(log_a.transpose(1, 2)) if causal else segsum_two_sided(log_a.transpose(1, 2))
-    scores = torch.einsum("bthn,bshn->bhts", C, B) * torch.exp(seg)
+    h = xbar.shape[2]
+    B, C = expand_groups(B, h), expand_groups(C, h)
+    a = log_a.transpose(1, 2)
+    mask = decay_mask(a) if causal else torch.exp(segsum_two_sided(a))
+    scores = torch.einsum("bthn,bshn->bhts", C, B) * mask
     return torch.einsum("bhts,bshp->bthp", scores, xbar)
 
 
 def ssd_chunked_core(xbar, log_a, B, C, chunk_size, initial_states=None):
     """The 5-step chunked SSD algorithm (`ssd_minimal_discrete`), any L, without D.
 
-    L is zero-padded to a multiple of Q (a = 0 and xbar = 0 leave the state unchanged).
-    1. Y_diag = (exp(segsum(a)) o C B^T) Xbar inside each chunk.
+    L is zero-padded to a multiple of Q (a = 0 and xbar = 0 leave the state unchanged). Every
+    step works in the layout (b, chunk c, group g, head-in-group r, Q, ...), so C B^T is formed
+    once per group and each product is one batched matmul.
+    1. Y_diag = (L o C B^T) Xbar inside each chunk, L = exp(segsum(a)) = `decay_mask(a)`.
     2. Chunk states S_c = sum_s exp(acum_last - acum_s) xbar_s B_s^T (differenced in-chunk sums).
-    3. Between chunks: prepend the initial state, mix with exp(segsum(chunk totals)): the state
+    3. Between chunks: prepend the initial state, mix with decay_mask(chunk totals): the state
        entering each chunk, and the final state.
     4. Y_off = exp(acum_t) C_t . S_in.
     5. Y = Y_diag + Y_off.
 
     Args:
-        xbar (b, L, h, p); log_a (b, L, h); B, C (b, L, h, N); chunk_size Q;
-        initial_states (b, h, p, N) or None.
+        xbar (b, L, h, p); log_a (b, L, h); B, C (b, L, g, N), g | h (g = h: one per head);
+        chunk_size Q; initial_states (b, h, p, N) or None.
     Returns:
         y (b, L, h, p), final state (b, h, p, N).
     Implements: (SSD.3) within chunks + (SSD.1) between chunks = (SSD.4).
     """
     b, L, h, p = xbar.shape
-    N = B.shape[-1]
+    g, N = B.shape[2:]
+    r = h // g
     Q = min(chunk_size, L)
-    chunks = -(-L // Q)
-    pad = chunks * Q - L
+    c = -(-L // Q)
+    pad = c * Q - L
 
-    def split(t):  # (b, L, ...) -> (b, chunks, Q, ...)
+    def split(t, heads):  # (b, L, g * heads, ...) -> (b, c, g, heads, Q, ...), zero-padded
         t = F.pad(t, [0, 0] * (t.dim() - 2) + [0, pad]) if pad else t
-        return t.reshape(b, chunks, Q, *t.shape[2:])
+        return t.reshape(b, c, Q, g, heads, *t.shape[3:]).movedim(2, 4)
 
-    xbar, B, C = split(xbar), split(B), split(C)
-    # contiguous: torch.compile's GPU cumsum codegen failed on the permuted view (torch 2.11)
-    a = split(log_a).permute(0, 3, 1, 2).contiguous()                      # (b, h, c, Q)
+    x = split(xbar, r)                                                # (b, c, g, r, Q, p)
+    B_, C_ = split(B, 1), split(C, 1)                                 # (b, c, g, 1, Q, N)
+    a = split(log_a, r).contiguous()                                  # (b, c, g, r, Q)
     a_cum = torch.cumsum(a, dim=-1)
-    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * torch.exp(segsum(a))        # step 1
-    y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xbar)
+    y = (C_ @ B_.transpose(-1, -2) * decay_mask(a)) @ x                      # step 1
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)                               # step 2
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, xbar)
-    init = xbar.new_zeros(b, 1, h, p, N) if initial_states is None else initial_states[:, None]
-    states = torch.cat([init, states], dim=1)                                       # step 3
-    chunk_decay = torch.exp(segsum(F.pad(a_cum[..., -1], [1, 0])))          # (b, h, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    states_in, final = states[:, :-1], states[:, -1]
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states_in, torch.exp(a_cum))  # step 4
-    y = (y_diag + y_off).reshape(b, chunks * Q, h, p)[:, :L]                         # step 5
-    return y, final
+    states = (x * decay_to_end[..., None]).transpose(-1, -2) @ B_     # (b, c, g, r, p, N)
+    init = xbar.new_zeros(b, 1, g, r, p, N) if initial_states is None \
+        else initial_states.reshape(b, 1, g, r, p, N)
+    states = torch.cat([init, states], dim=1).movedim(1, 3)           # (b, g, r, c+1, p, N)
+    chunk_decay = decay_mask(F.pad(a_cum[..., -1].movedim(1, -1), [1, 0]))  # step 3
+    states = (chunk_decay @ states.flatten(-2)).unflatten(-1, (p, N))
+    states_in, final = states[:, :, :, :-1].movedim(3, 1), states[:, :, :, -1]
+    y = y + (C_ @ states_in.transpose(-1, -2)) * torch.exp(a_cum)[..., None]       # step 4
+    y = y.movedim(-2, 2).reshape(b, c * Q, h, p)[:, :L]                             # step 5
+    return y, final.reshape(b, h, p, N)
 
 
 def _check_inputs(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None):
@@ -143,13 +152,11 @@ def _check_inputs(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=N
 
 
 def _to_core(x, dt, A, B, C, initial_states=None):
-    """Cast to the compute dtype; return xbar = Delta x, log_a = Delta A, per-head B, C, init."""
+    """Cast to the compute dtype; return xbar = Delta x, log_a = Delta A, B, C, init."""
     dtype = compute_dtype(x, dt, A, B, C, initial_states)
     x, dt, A = x.to(dtype), dt.to(dtype), A.to(dtype)
-    h = x.shape[2]
     init = None if initial_states is None else initial_states.to(dtype)
-    return (x * dt[..., None], dt * A, expand_groups(B.to(dtype), h),
-            expand_groups(C.to(dtype), h), init)
+    return x * dt[..., None], dt * A, B.to(dtype), C.to(dtype), init
 
 
 def _skip(y, x, D):
@@ -189,8 +196,8 @@ def ssd_matrix(x, dt, A, B, C, D=None, causal=True):
     Implements: (SSD.3) + D x.
     """
     _check_inputs(x, dt, A, B, C, D)
-    xbar, log_a, B_h, C_h, _ = _to_core(x, dt, A, B, C)
-    return _skip(ssd_matrix_core(xbar, log_a, B_h, C_h, causal), x, D)
+    xbar, log_a, B, C, _ = _to_core(x, dt, A, B, C)
+    return _skip(ssd_matrix_core(xbar, log_a, B, C, causal), x, D)
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_states=None):
@@ -204,8 +211,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_states=None):
     """
     check_positive_int("chunk_size", chunk_size)
     _check_inputs(x, dt, A, B, C, D, initial_states=initial_states)
-    xbar, log_a, B_h, C_h, init = _to_core(x, dt, A, B, C, initial_states)
-    y, final = ssd_chunked_core(xbar, log_a, B_h, C_h, chunk_size, init)
+    xbar, log_a, B, C, init = _to_core(x, dt, A, B, C, initial_states)
+    y, final = ssd_chunked_core(xbar, log_a, B, C, chunk_size, init)
     return _skip(y, x, D), final
 
 

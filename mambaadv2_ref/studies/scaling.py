@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decoders", default=",".join(DECODERS))
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "mamba_ssm"),
+                        help="scan backend of the state space decoders")
     parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name in failed:
                 continue  # it ran out of memory at a smaller size
-            row = decoder_cost(name, args.profile, size, args.batch_size, device, args.iters)
+            row = decoder_cost(name, args.profile, size, args.batch_size, device, args.iters,
+                               args.backend)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             rows.append(row)
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed.add(name)
             slopes = {n: growth_exponent([r for r in rows if r["decoder"] == n]) for n in names}
             write_json(out / "scaling.json", {  # after every row: a cut-short run keeps them
-                "environment": environment(), "profile": args.profile, "rows": rows,
+                "environment": environment(), "profile": args.profile, "backend": args.backend,
+                "rows": rows,
                 "growth_exponent_train": slopes})
     if not args.no_plot:
         plot_scaling(rows, out / "scaling.png")

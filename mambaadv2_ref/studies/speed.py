@@ -12,6 +12,8 @@ import argparse
 import itertools
 from pathlib import Path
 
+import torch
+
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import bench_model
 from mambaadv2_ref.scans import available_backends
@@ -31,7 +33,7 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
 
     Returns:
         one dict per combination: bench_model's fields plus backend and precision, or
-        `skipped` with the reason.
+        `skipped` with the reason, or `error` (out of memory, a kernel that failed).
     """
     backends = available_backends()
     rows = []
@@ -42,12 +44,21 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
         if not usable:
             rows.append({**row, "skipped": reason})
             continue
-        result = bench_model(model, profile=profile, encoder=encoder, device=device,
-                             batch_size=batch_size, iters=iters, precision=precision,
-                             overrides={"backend": backend})
+        try:
+            result = bench_model(model, profile=profile, encoder=encoder, device=device,
+                                 batch_size=batch_size, iters=iters, precision=precision,
+                                 overrides={"backend": backend})
+        except (torch.OutOfMemoryError, RuntimeError) as err:  # recorded, the grid goes on
+            result = {"error": f"{type(err).__name__}: {err}"[:500]}
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         rows.append({**row, **result})
         if out_json is not None:
             write_json(out_json, {"environment": environment(), "rows": rows})
+        if "error" in result:
+            print(f"{model:10s} {backend:9s} {precision}: {result['error'][:200]}")
+            continue
         print(f"{model:10s} {backend:9s} {precision}: train {result['train_images_per_s']:.1f}"
               f" img/s, inference {result['infer_images_per_s']:.1f} img/s, peak "
               f"{result['train_peak_memory_bytes'] / 2**30:.2f} GiB")
@@ -58,7 +69,7 @@ def plot_speed(rows: list[dict], path: Path) -> None:
     """Grouped bars of training and inference images/s per configuration."""
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if "skipped" not in r]
+    done = [r for r in rows if "skipped" not in r and "error" not in r]
     labels = [f"{r['model']}\n{r['backend']}\n{r['precision']}" for r in done]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
     x = range(len(done))
