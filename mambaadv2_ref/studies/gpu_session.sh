@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# One sitting on a GPU machine without internet (../shared/gpu/README.md): mamba-ssm parity
-# tests (scans, block, model), the speed grid and the resolution scaling at the paper profile.
-# Run from the repository root with `.whl/` carried; results go to $OUT (JSON and logs), each
-# phase time-boxed so that a slow one cannot starve the others. BUILD_S6=1 also compiles
-# mamba-ssm's Mamba-1 CUDA scan (about 2 minutes). Make `.whl/` on the CPU machine, in the venv:
+# One sitting on a GPU machine without internet (../shared/gpu/README.md): mamba-ssm parity tests
+# (scans, blocks, model), the scan benchmark, the resolution scaling and the speed grid at the
+# paper profile. Run from the repository root with `.whl/` carried. Everything lands in $WORK and
+# is packed into $OUT/gpu_session.tgz at exit (the device tool returns at most 8 files).
+#
+# With two or more GPUs the timed studies (scaling, then speed) run alone on the last GPU while
+# the parity tests (Triton JIT, the Mamba-1 CUDA build) and then the scan benchmark use GPU 0;
+# with one GPU everything runs in turn. Each phase is time-boxed (PARITY_S, BENCH_S, SCALING_S,
+# SPEED_S seconds) so that a slow one cannot starve the others.
+#
+# Make `.whl/` on the CPU machine, in the venv:
 #   bash ../shared/gpu/build_mamba_wheel.sh             (mamba-ssm wheel + sdist)
 #   mkdir -p .whl/gpu .whl/py && cp ../shared/gpu/*.sh ../shared/gpu/*.py .whl/gpu/
 #   pip download --no-deps -d .whl/py pytest pluggy iniconfig pygments packaging
@@ -11,23 +17,61 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
+W=${WORK:-/tmp/gpu_session}
+mkdir -p "$OUT" "$W"
+trap 'tar -czf "$OUT/gpu_session.tgz" -C "$W" .' EXIT
 # shellcheck disable=SC1091
-source .whl/gpu/on_gpu_setup.sh > "$OUT/setup.log" 2>&1 || { cat "$OUT/setup.log"; exit 1; }
+source .whl/gpu/on_gpu_setup.sh > "$W/setup.log" 2>&1 || { cat "$W/setup.log"; exit 1; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/py/*.whl \
-    >> "$OUT/setup.log" 2>&1
+    >> "$W/setup.log" 2>&1
 export PYTHONPATH=$PWD:/tmp/site
-python3 -c "import timm, scipy, PIL, tqdm, safetensors; print('dependencies found')" \
-    >> "$OUT/setup.log" 2>&1 || { cat "$OUT/setup.log"; exit 1; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/setup.log"
-MAMBAADV2_RESULTS_DIR=$OUT timeout "${PARITY_S:-150}" python3 -m pytest -m cuda -q -s -rs \
-    -p no:cacheprovider tests/test_scans_cuda.py tests/test_blocks.py tests/test_model.py \
-    > "$OUT/parity.log" 2>&1
-echo "parity exit $?"
-timeout "${SPEED_S:-150}" python3 -m mambaadv2_ref.studies.speed --out "$OUT" --profile paper \
-    --iters 5 --no-plot > "$OUT/speed.log" 2>&1
-echo "speed exit $?"
-timeout "${SCALING_S:-150}" python3 -m mambaadv2_ref.studies.scaling --out "$OUT" \
-    --profile paper --no-plot > "$OUT/scaling.log" 2>&1
-echo "scaling exit $?"
-tail -n 3 "$OUT"/*.log
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$W/setup.log"
+NGPU=$(nvidia-smi -L | wc -l)
+LAST=$((NGPU - 1))
+
+build_s6() {  # mamba-ssm's Mamba-1 CUDA scan (~2 min), at low priority beside the timed studies
+  tar -xzf .whl/src/mamba_ssm-*.tar.gz -C /tmp \
+    && MAX_JOBS=$(( $(nproc) / 4 + 1 )) nice -n 19 python3 .whl/gpu/build_selective_scan.py \
+        /tmp/mamba_ssm-*/csrc/selective_scan /tmp/site \
+    && rm -f /tmp/site/sitecustomize.py
+  echo "build_s6 exit $?" | tee "$W/s6.done"
+}
+wait_s6() { while [ ! -e "$W/s6.done" ]; do sleep 2; done; }
+left() { echo $(( $1 - SECONDS > 10 ? $1 - SECONDS : 10 )); }  # seconds left of a deadline
+
+parity() {  # NAME DEADLINE PYTEST-ARGS...: one pytest process on GPU 0, results in $W/NAME
+  local name=$1 deadline=$2; shift 2
+  MAMBAADV2_RESULTS_DIR=$W/$name CUDA_VISIBLE_DEVICES=0 timeout "$(left "$deadline")" \
+    python3 -m pytest -m cuda -q -s -rs -p no:cacheprovider "$@" > "$W/$name.log" 2>&1
+  echo "$name exit $?"
+}
+
+gpu0() {  # parity in three processes (Triton JIT in parallel), then the scan benchmark
+  local deadline=$(( SECONDS + ${PARITY_S:-280} ))
+  parity parity_ssd "$deadline" tests/test_scans_cuda.py -k "ssd or auto" &
+  parity parity_mamba3 "$deadline" tests/test_scans_cuda.py -k mamba3 &
+  (wait_s6; parity parity_s6_blocks_model "$deadline" tests/test_scans_cuda.py \
+     tests/test_blocks.py tests/test_model.py -k "selective or torch_matches") &
+  wait
+  CUDA_VISIBLE_DEVICES=0 timeout "${BENCH_S:-200}" python3 -m mambaadv2_ref.scans.bench \
+    --device cuda --out "$W/scan_bench_gpu.json" > "$W/scan_bench.log" 2>&1
+  echo "scan bench exit $?"
+}
+
+studies() {  # timed: alone on the last GPU when there are two
+  CUDA_VISIBLE_DEVICES=$LAST timeout "${SCALING_S:-200}" python3 -m mambaadv2_ref.studies.scaling \
+    --out "$W" --profile paper --backend torch --no-plot > "$W/scaling.log" 2>&1
+  echo "scaling exit $?"
+  wait_s6
+  CUDA_VISIBLE_DEVICES=$LAST timeout "${SPEED_S:-300}" python3 -m mambaadv2_ref.studies.speed \
+    --out "$W" --profile paper --iters 5 --no-plot > "$W/speed.log" 2>&1
+  echo "speed exit $?"
+}
+
+build_s6 > "$W/build_s6.log" 2>&1 &
+if [ "$NGPU" -gt 1 ]; then
+  gpu0 & studies & wait
+else
+  gpu0; studies
+fi
+tail -n 4 "$W"/*.log
