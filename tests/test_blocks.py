@@ -190,6 +190,19 @@ def test_hss_windowed_matrix_path_matches_window_loop():
     torch.testing.assert_close(y, expected)
 
 
+def test_hss_checkpointed_matrix_path_gives_the_same_gradients():
+    """Recomputing the matrix path in the backward pass changes memory, not the gradients."""
+    grads = []
+    for flag in (True, False):
+        hss = make_hss(path_mode="matrix", matrix_max_tokens=8, checkpoint_matrix=flag)
+        u = torch.randn(2, 4, 6, 16, dtype=torch.float64, generator=seeded(4), requires_grad=True)
+        hss(u).square().sum().backward()
+        grads.append([u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)])
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 FLAGS = [dict(path_mode="sum"), dict(path_mode="gate"), dict(path_mode="recurrence"),
          dict(path_mode="matrix"), dict(matrix_causal=True), dict(position_aware=False),
          dict(dwconv=False), dict(bc_norm=False), dict(bc_norm=False, position_aware=False),

@@ -27,7 +27,9 @@ Choices we made (the paper body is not public):
   M_ts = exp(-|sum_{r in (s, t]} Delta_r A|), so every token is compared with every other one.
 - O(L^2) memory: above `matrix_max_tokens` tokens the matrix path runs on consecutive windows
   of that many tokens along the scan order (a block-diagonal M); a Hilbert window is a compact
-  patch of the image. `matrix_cost` reports the resulting size.
+  patch of the image. `matrix_cost` reports the resulting size. In training the masks are not
+  kept for the backward pass but recomputed (`checkpoint_matrix`, activation checkpointing):
+  they are the largest tensors of the model, several per block.
 
 Glossary (code -> symbol): h heads, p headdim, N d_state, g ngroups, K directions, L = H W,
 `A_log` -> log(-A_h), `dt_bias` -> Delta bias, `B_bias`/`C_bias` -> b_B, b_C, `trap` -> lambda
@@ -39,6 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mambaadv2_ref import scans
 from mambaadv2_ref.blocks.common import DirectionScanner, DropPath
@@ -82,6 +85,8 @@ class HSS(nn.Module):
             `attention`).
         matrix_causal: causal (True) or two-sided (False) decay mask in the matrix path.
         matrix_max_tokens: window of the matrix path for longer sequences.
+        checkpoint_matrix: recompute the matrix path in the backward pass instead of storing
+            its (window x window) masks (same gradients, far less memory, ~1 more forward).
         position_aware: rotary angles + trapezoid (Mamba-3); off: Mamba-2 SSD.
         rope_fraction: fraction of N turned by rotary angles (Mamba-3: 0.5).
         dwconv: depthwise 3x3 conv + SiLU on x.  bc_norm: RMSNorm + bias on B and C.
@@ -91,9 +96,9 @@ class HSS(nn.Module):
     def __init__(self, dim: int, plan: StagePlan, d_state: int = 16, headdim: int = 32,
                  expand: int = 2, ngroups: int = 1, chunk_size: int = 64,
                  path_mode: str = "sum", matrix_causal: bool = False,
-                 matrix_max_tokens: int = 1024, position_aware: bool = True,
-                 rope_fraction: float = 0.5, dwconv: bool = True, bc_norm: bool = True,
-                 backend: str = "auto"):
+                 matrix_max_tokens: int = 1024, checkpoint_matrix: bool = True,
+                 position_aware: bool = True, rope_fraction: float = 0.5, dwconv: bool = True,
+                 bc_norm: bool = True, backend: str = "auto"):
         super().__init__()
         d_inner = expand * dim
         if path_mode not in PATH_MODES:
@@ -107,6 +112,7 @@ class HSS(nn.Module):
         self.chunk_size, self.path_mode, self.matrix_causal = chunk_size, path_mode, matrix_causal
         self.matrix_max_tokens, self.position_aware, self.backend = (
             matrix_max_tokens, position_aware, backend)
+        self.checkpoint_matrix = checkpoint_matrix
         self.num_angles = int(d_state * rope_fraction) // 2 if position_aware else 0
         self.split_sizes = [d_inner, ngroups * d_state, ngroups * d_state, h,
                             h if position_aware else 0, self.num_angles]  # x, B, C, dt, trap, th
@@ -187,20 +193,28 @@ class HSS(nn.Module):
 
     def matrix(self, x, delta, A, B, C, trap, angles) -> torch.Tensor:
         """Parallel matrix path (eq. 6), materialised, in windows of `matrix_max_tokens` tokens
-        when the sequence is longer. Args as `recurrence`. Returns (BK, L, h, p)."""
+        when the sequence is longer; recomputed in the backward pass when `checkpoint_matrix`.
+        Args as `recurrence`. Returns (BK, L, h, p)."""
         b, L = x.shape[:2]
         tensors = [x, delta, B, C, trap, angles]
         if L > self.matrix_max_tokens:
             tensors = [windows(t, self.matrix_max_tokens) for t in tensors]
-        x, delta, B, C, trap, angles = tensors
+        if self.checkpoint_matrix and torch.is_grad_enabled():
+            y = checkpoint(self.matrix_form, *tensors[:2], A, *tensors[2:], use_reentrant=False)
+        else:
+            y = self.matrix_form(*tensors[:2], A, *tensors[2:])
+        return unwindows(y, b, L) if L > self.matrix_max_tokens else y
+
+    def matrix_form(self, x, delta, A, B, C, trap, angles) -> torch.Tensor:
+        """(M o C B^T)(w x) on one sequence or window batch: Mamba-3's matrix form, or SSD's
+        when position awareness is off. Args as `recurrence`. Returns (b, L, h, p)."""
         if self.position_aware:
             y = scans.mamba3_matrix(**self._mamba3_args(x, delta, A, B, C, trap, angles),
                                     causal=self.matrix_causal)
         else:
             B, C = self._biased(B, C)
             y = scans.ssd_matrix(x, delta, A, B, C, causal=self.matrix_causal)
-        y = y.to(x.dtype)
-        return unwindows(y, b, L) if L > self.matrix_max_tokens else y
+        return y.to(x.dtype)
 
     def attention(self, x, B, C) -> torch.Tensor:
         """Softmax attention in place of both SSM paths (not MambaADv2: the quadratic baseline

@@ -47,6 +47,7 @@ class ModelConfig:
         chunk_size: Q of the chunked recurrence.
         scan_plan, curve, num_directions: the scanning plan and its overrides.
         path_mode, matrix_causal, matrix_max_tokens: the dual paths of the HSS block.
+        checkpoint_matrix: recompute the matrix path's masks in the backward pass (memory).
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
         rope_fraction: fraction of d_state that the rotary angles turn (Mamba-3: 0.5).
         dwconv: depthwise 3x3 conv + SiLU on x before the scan (v2; v1 always has it).
@@ -75,6 +76,7 @@ class ModelConfig:
     path_mode: str = "sum"
     matrix_causal: bool = False
     matrix_max_tokens: int = 1024
+    checkpoint_matrix: bool = True
     position_aware: bool = True
     rope_fraction: float = 0.5
     dwconv: bool = True

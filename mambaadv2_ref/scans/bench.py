@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .ssd import ssd_chunked, ssd_scan, ssd_sequential
 DECODER = dict(batch=128, length=4096, heads=4, headdim=32, d_state=16)
 GPU_SHAPES = [
     dict(scan="ssd", **DECODER, chunk=256),
+    dict(scan="ssd", **DECODER, chunk=64),
     dict(scan="ssd", batch=128, length=1024, heads=8, headdim=32, d_state=16, chunk=256),
     dict(scan="s6", **DECODER),
     dict(scan="mamba3", **DECODER, chunk=64),
@@ -99,7 +101,7 @@ def _ratios(methods: dict) -> dict:
 
 def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | None = None,
                    out_path: str | Path | None = None, reps: int = 5,
-                   compile_chunked: bool = True) -> dict:
+                   compile_chunked: bool = True, scans: tuple[str, ...] | None = None) -> dict:
     """Time the scans at the given shapes and save the results as JSON.
 
     Args:
@@ -109,6 +111,7 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
         out_path: JSON file written after every measurement (None: not written).
         reps: timed repetitions of the fast methods (the sequential loop is timed once).
         compile_chunked: also time torch.compile of the chunked SSD / Mamba-3 forms.
+        scans: keep only the shapes of these scans ("s6", "ssd", "mamba3"); None = all.
     Returns:
         dict with "environment" and one entry per shape: methods -> {ms, batch, ...} or
         {error}, and ratios (sequential / chunked at equal batch, chunked / compiled,
@@ -118,6 +121,11 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
 
     device = resolve_device(device)
     shapes = shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
+    if scans is not None:
+        unknown = sorted(set(scans) - set(KERNELS))
+        if unknown:
+            raise ValueError(f"scans must be among {sorted(KERNELS)}, got {unknown}")
+        shapes = [s for s in shapes if s["scan"] in scans]
     result = {"environment": environment(device), "note": __doc__.split("\n\n")[1],
               "shapes": []}
 
@@ -154,7 +162,8 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
                 entry["methods"][method] = {"ms": ms, "batch": batch,
                                             "total_s": time.perf_counter() - start}
             except Exception as err:  # OOM, compile failures: record and go on
-                entry["methods"][method] = {"error": f"{type(err).__name__}: {err}"[:500]}
+                entry["methods"][method] = {"error": f"{type(err).__name__}: {err}"[:500],
+                                            "traceback_tail": traceback.format_exc()[-1500:]}
             finally:
                 x = None
                 if device.type == "cuda":
@@ -172,18 +181,20 @@ def run_benchmark(device: str | torch.device = "auto") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: --device, --out, --reps, --no-compile, --threads."""
+    """Command line: --device, --out, --reps, --no-compile, --threads, --scans."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="scan_bench.json")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--scans", default=None, help="comma list of s6, ssd, mamba3 (all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     run_scan_bench(args.device, out_path=args.out, reps=args.reps,
-                   compile_chunked=not args.no_compile)
+                   compile_chunked=not args.no_compile,
+                   scans=tuple(args.scans.split(",")) if args.scans else None)
     return 0
 
 

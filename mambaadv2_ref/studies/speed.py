@@ -27,7 +27,7 @@ KERNEL_OF = {"mambaadv2": "mamba_ssm_mamba3", "mambaad": "mamba_ssm_s6"}
 
 def speed_grid(profile: str, device: str = "auto", iters: int = 10,
                batch_size: int | None = None, encoder: str | None = None,
-               out_json: Path | None = None) -> list[dict]:
+               out_json: Path | None = None, models: tuple[str, ...] = MODELS) -> list[dict]:
     """Bench every (model, backend, precision); a backend that cannot run is recorded, not
     dropped silently. With `out_json`, the rows so far are saved after each combination.
 
@@ -37,7 +37,7 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
     """
     backends = available_backends()
     rows = []
-    for model, backend, precision in itertools.product(MODELS, ("torch", "mamba_ssm"),
+    for model, backend, precision in itertools.product(models, ("torch", "mamba_ssm"),
                                                        PRECISIONS):
         row = {"model": model, "backend": backend, "precision": precision}
         usable, reason = backends[KERNEL_OF[model]] if backend == "mamba_ssm" else (True, "")
@@ -95,11 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--encoder", default=None)
     parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma list of models")
     args = parser.parse_args(argv)
+    models = tuple(args.models.split(","))
+    if set(models) - set(MODELS):
+        parser.error(f"--models: unknown {sorted(set(models) - set(MODELS))}; choose from "
+                     f"{list(MODELS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = speed_grid(args.profile, args.device, args.iters, args.batch_size, args.encoder,
-                      out / "speed.json")
+                      out / "speed.json", models)
     write_json(out / "speed.json", {"environment": environment(), "rows": rows})
     if not args.no_plot:
         plot_speed(rows, out / "speed.png")
