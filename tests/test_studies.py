@@ -73,6 +73,10 @@ def test_growth_exponent_recovers_known_powers():
     assert scaling.growth_exponent(rows) == pytest.approx(2.0)
     rows = [{"tokens": n, "train_s": 5e-4 * n} for n in (100, 400, 1600)]
     assert scaling.growth_exponent(rows) == pytest.approx(1.0)
+    # a flat overhead at small sizes, then quadratic: only the largest sizes show the power
+    rows = [{"tokens": t, "train_s": max(1.0, (t / 1e4) ** 2)} for t in (1e3, 2e3, 1e4, 2e4, 4e4)]
+    assert scaling.growth_exponent(rows) < 1.5
+    assert scaling.growth_exponent(rows, largest=3) == pytest.approx(2.0)
 
 
 def test_seconds_per_call_counts_calls():

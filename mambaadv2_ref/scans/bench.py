@@ -93,9 +93,14 @@ def _ratios(methods: dict) -> dict:
     if "sequential" in ms and "chunked_eager" in ms \
             and methods["sequential"]["batch"] == methods["chunked_eager"]["batch"]:
         out["sequential_over_chunked_eager"] = ms["sequential"] / ms["chunked_eager"]
+    if "sequential" in ms and "chunked_compile" in ms \
+            and methods["sequential"]["batch"] == methods["chunked_compile"]["batch"]:
+        out["sequential_over_chunked_compile"] = ms["sequential"] / ms["chunked_compile"]
     for fast in ("chunked_compile", "mamba_ssm"):
         if fast in ms and "chunked_eager" in ms:
             out[f"chunked_eager_over_{fast}"] = ms["chunked_eager"] / ms[fast]
+    if "chunked_compile" in ms and "mamba_ssm" in ms:
+        out["chunked_compile_over_mamba_ssm"] = ms["chunked_compile"] / ms["mamba_ssm"]
     return out
 
 
@@ -148,11 +153,10 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
         for method, run in runners.items():
             batch = shape.get("sequential_batch", shape["batch"]) if method == "sequential" \
                 else shape["batch"]
-            if method == "mamba_ssm" and not (kernels_ok[KERNELS[shape["scan"]]][0]
-                                              and device.type == "cuda"):
-                entry["methods"][method] = {"error": kernels_ok[KERNELS[shape["scan"]]][1]}
-                continue
             try:
+                if method == "mamba_ssm" and not (kernels_ok[KERNELS[shape["scan"]]][0]
+                                                  and device.type == "cuda"):
+                    raise RuntimeError(kernels_ok[KERNELS[shape["scan"]]][1])
                 x = _inputs(shape, batch, device)
                 with torch.no_grad():
                     start = time.perf_counter()

@@ -69,6 +69,7 @@ def collect_session(folder: Path, results: Path = RESULTS) -> dict:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("parity")):
         doc = _load(sub / "scans_gpu.json") or {}
         parity["environment"] = parity["environment"] or doc.get("environment")
+        parity.setdefault("environments", {})[sub.name] = doc.get("environment")
         parity["criterion"] = parity["criterion"] or doc.get("criterion")
         for key, value in doc.get("results", {}).items():
             if key == "outcome":
@@ -94,6 +95,13 @@ def collect_session(folder: Path, results: Path = RESULTS) -> dict:
         written["speed"] = results / "speed_paper_gpu.json"
     scaling = _load(folder / "scaling.json")
     if scaling:
+        from mambaadv2_ref.studies.scaling import growth_exponent
+
+        for largest, field in ((None, "growth_exponent_train"),
+                               (3, "growth_exponent_train_largest3")):
+            scaling[field] = {name: growth_exponent(
+                [r for r in scaling["rows"] if r["decoder"] == name], largest=largest)
+                for name in sorted({r["decoder"] for r in scaling["rows"]})}
         write_json(results / "scaling_paper_gpu.json", scaling)
         plot_scaling(scaling["rows"], results / "scaling_paper_gpu.png")
         written["scaling"] = results / "scaling_paper_gpu.json"

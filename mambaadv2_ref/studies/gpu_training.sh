@@ -12,7 +12,7 @@
 # turn them into results files with `python -m mambaadv2_ref.studies.collect_gpu training ...`.
 #
 # Knobs: ABLATIONS (comma list), ABLATION_STEPS, PAPER_STEPS, TP_STEPS, PHASE_A_S (phase A's time
-# box), SLOTS (ablation runs at once per GPU; default from the GPU's memory), ABLATION_PROFILE
+# box), TOTAL_S (everything ends by then, counted from after the set-up), SLOTS (ablation runs at once per GPU; default from the GPU's memory), ABLATION_PROFILE
 # (small) and PAPER_PROFILE (paper; tiny for a dry run on a CPU with a stand-in nvidia-smi).
 # Hooks, shell commands run beside this script's work: BESIDE_A (during phase A), BESIDE_TP1 (on
 # the last GPU while GPU 0 times one GPU), AFTER_TP0 (on GPU 0 after that timing).
@@ -40,7 +40,8 @@ SLOTS=${SLOTS:-$(( ${MEM_MIB%%.*} > 100000 ? 5 : 2 ))}  # H200 (141 GB) or H100 
 e()))" > "$W/environment.json"
 } > "$W/setup.log" 2>&1  # builds the embedded dataset once, before the parallel runs
 
-DEADLINE=$(( $(date +%s) + ${PHASE_A_S:-250} ))  # phase A's runs are cut at this time
+START=$(date +%s)
+DEADLINE=$(( START + ${PHASE_A_S:-250} ))  # phase A's runs are cut at this time
 left() { local s=$(( DEADLINE - $(date +%s) )); echo $(( s > 5 ? s : 5 )); }
 
 ablation() {  # GPU DATASET NAME: one ablation in its own folder (merged on the CPU machine)
@@ -87,16 +88,22 @@ printf '%s\n' "${jobs1[@]}" | xargs -P "$SLOTS" -L 1 bash -c 'ablation "$@"' _ &
 wait
 echo "phase A done at ${SECONDS} s"
 
-# ---- B: data parallelism, alone on the machine -----------------------------------------------
+# ---- B: data parallelism, alone on the machine; everything ends by TOTAL_S -------------------
+DEADLINE=$(( START + ${TOTAL_S:-560} ))
+export DEADLINE
 if [ "$NGPU" -gt 1 ]; then
-  paper 0,1 paper_bsdata_ddp2 bsdata --steps "$PAPER_STEPS" --set batch_size=8
+  timeout "$(left)" bash -c "paper 0,1 paper_bsdata_ddp2 bsdata --steps $PAPER_STEPS \
+    --set batch_size=8 --set checkpoint_every=50"
   evaluate 0 paper_bsdata_ddp2
-  (paper 0 throughput_1gpu_b16 bsdata --steps "$TP_STEPS" --set log_every=10
-   [ -n "${AFTER_TP0:-}" ] && { bash -c "$AFTER_TP0" > "$W/after_tp0.log" 2>&1; echo "after $?"; }
-  ) &
-  [ -n "${BESIDE_TP1:-}" ] && { bash -c "$BESIDE_TP1" > "$W/beside_tp1.log" 2>&1; echo "tp1 $?"; } &
+  (timeout "$(left)" bash -c "paper 0 throughput_1gpu_b16 bsdata --steps $TP_STEPS \
+     --set log_every=10"
+   [ -n "${AFTER_TP0:-}" ] && timeout "$(left)" bash -c "$AFTER_TP0" > "$W/after_tp0.log" 2>&1
+   echo "after tp0 exit $?") &
+  [ -n "${BESIDE_TP1:-}" ] && { timeout "$(left)" bash -c "$BESIDE_TP1" > "$W/beside_tp1.log" \
+    2>&1; echo "beside tp1 exit $?"; } &
   wait
-  paper 0,1 throughput_ddp2_b16 bsdata --steps "$TP_STEPS" --set log_every=10
+  timeout "$(left)" bash -c "paper 0,1 throughput_ddp2_b16 bsdata --steps $TP_STEPS \
+    --set log_every=10"
 fi
 echo "done at ${SECONDS} s"
 tail -n 2 "$W"/*.log
