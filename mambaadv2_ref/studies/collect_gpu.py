@@ -8,7 +8,8 @@ separately, and writes JSON, markdown and figures under `mambaadv2_ref/results/`
                 speed_paper_gpu.{json,png}, scaling_paper_gpu.{json,png}; benchmark shapes and
                 speed rows that a sitting did not measure are kept from the existing files
     training -> ablations_{bsdata,embedded}_small_gpu.{json,md}, gpu_training.{json,md}
-                (paper-profile runs on one GPU and with DDP on two, throughput factors)
+                (paper-profile runs on one GPU and with DDP on two, throughput factors); rows
+                and runs of earlier sittings that a sitting did not redo are kept
 
     python -m mambaadv2_ref.studies.collect_gpu session ARCHIVE.tgz
     python -m mambaadv2_ref.studies.collect_gpu training ARCHIVE.tgz
@@ -65,12 +66,15 @@ def collect_session(folder: Path, results: Path = RESULTS) -> dict:
 
     results.mkdir(parents=True, exist_ok=True)
     written = {}
-    parity = {"environment": None, "criterion": None, "processes": {}, "results": {}}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("parity")):
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("parity"))
+    parity = _load(results / "scans_gpu.json") if subs else None  # earlier sittings' cases stay
+    if not parity or "processes" not in parity:
+        parity = {"environment": None, "criterion": None, "processes": {}, "results": {}}
+    for sub in subs:
         doc = _load(sub / "scans_gpu.json") or {}
-        parity["environment"] = parity["environment"] or doc.get("environment")
+        parity["environment"] = doc.get("environment") or parity["environment"]
+        parity["criterion"] = doc.get("criterion") or parity["criterion"]
         parity.setdefault("environments", {})[sub.name] = doc.get("environment")
-        parity["criterion"] = parity["criterion"] or doc.get("criterion")
         for key, value in doc.get("results", {}).items():
             if key == "outcome":
                 parity["results"].setdefault("outcome", {}).update(value)
@@ -132,13 +136,13 @@ def _run_summary(run: Path) -> dict | None:
 
 
 def _training_markdown(doc: dict) -> str:
-    head = ["run", "GPUs", "batch", "steps", *METRIC_KEYS, "train img/s"]
+    head = ["run", "GPUs", "batch", "steps", *METRIC_KEYS, "train img/s", "measured"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in doc["runs"]:
         cells = [r["run"], str(r["world_size"]), f"{r['world_size']} x {r['batch_size_per_gpu']}",
                  f"{r['steps']}/{r['planned_steps']}",
                  *(f"{100 * r[k]:.1f}" if k in r else "-" for k in METRIC_KEYS),
-                 f"{r['train_images_per_s']:.1f}"]
+                 f"{r['train_images_per_s']:.1f}", str(r.get("measured"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for key, value in doc["data_parallel"].items():
@@ -157,16 +161,20 @@ def collect_training(folder: Path, results: Path = RESULTS) -> dict:
         if not rows:
             continue
         merged = {key: docs[0][key] for key in ("environment", "profile", "steps", "data")}
-        merged["rows"] = rows
+        stem = f"ablations_{data}_{merged['profile']}_gpu"
+        merged["rows"] = rows = _merged(_load(results / f"{stem}.json"), {**merged, "rows": rows},
+                                        "rows", lambda r: r["ablation"])
         merged["not_finished"] = sorted({p.name for p in (folder / f"ablations_{data}").iterdir()}
                                         - {r["ablation"] for r in rows})
-        stem = f"ablations_{data}_{merged['profile']}_gpu"
         write_json(results / f"{stem}.json", merged)
         (results / f"{stem}.md").write_text(ablation_markdown(rows))
         written[stem] = results / f"{stem}.json"
     runs = {p.name: s for p in sorted(folder.iterdir()) if p.is_dir()
             and (s := _run_summary(p)) is not None and not p.name.startswith("ablations")}
     if runs:
+        environment = _load(folder / "environment.json") or {}
+        runs = {r["run"]: r for r in _merged(_load(results / "gpu_training.json"), {
+            "environment": environment, "runs": list(runs.values())}, "runs", lambda r: r["run"])}
         one, two = runs.get("throughput_1gpu_b16"), runs.get("paper_bsdata_ddp2")
         weak = runs.get("throughput_ddp2_b16")
         parallel = {}
@@ -181,10 +189,12 @@ def collect_training(folder: Path, results: Path = RESULTS) -> dict:
                 weak["train_images_per_s"] / one["train_images_per_s"]
         single = runs.get("paper_bsdata_1gpu")
         if single and two and "mAD" in single and "mAD" in two:
-            parallel[f"mAD difference, DDP {batch(two)} minus one GPU {batch(single)} (points)"] \
-                = 100 * (two["mAD"] - single["mAD"])
+            key = f"mAD difference, DDP {batch(two)} minus one GPU {batch(single)} (points)"
+            parallel[key] = 100 * (two["mAD"] - single["mAD"]) if single["steps"] == two["steps"] \
+                else (f"not comparable: the one-GPU run stopped at step {single['steps']}, the "
+                      f"DDP run at {two['steps']}")
         doc = {"runs": list(runs.values()), "data_parallel": parallel,
-               "environment": _load(folder / "environment.json"),
+               "environment": environment,
                "setup": (folder / "setup.log").read_text() if (folder / "setup.log").exists()
                else ""}
         write_json(results / "gpu_training.json", doc)

@@ -10,7 +10,8 @@
 # SPEED_S seconds) so that a slow one cannot starve the others. PHASES picks some of
 # "parity bench scaling speed" (all by default); BENCH_SCANS and SPEED_MODELS narrow the
 # benchmark and the speed grid; MAMBAADV2_TRITON_ONE_CONFIG=1 is set for the parity tests;
-# ARCHIVE names the archive (several sittings can share one command and one $OUT).
+# ARCHIVE names the archive (several sittings can share one command and one $OUT); PARITY_GROUPS
+# picks some of "ssd mamba3 s6" and PARITY_GPU the GPU of the parity tests (0).
 #
 # Make `.whl/` on the CPU machine, in the venv:
 #   bash ../shared/gpu/build_mamba_wheel.sh             (mamba-ssm wheel + sdist)
@@ -49,7 +50,8 @@ left() { echo $(( $1 - SECONDS > 10 ? $1 - SECONDS : 10 )); }  # seconds left of
 
 parity() {  # NAME DEADLINE PYTEST-ARGS...: one pytest process on GPU 0, results in $W/NAME
   local name=$1 deadline=$2; shift 2
-  MAMBAADV2_TRITON_ONE_CONFIG=1 MAMBAADV2_RESULTS_DIR=$W/$name CUDA_VISIBLE_DEVICES=0 \
+  MAMBAADV2_TRITON_ONE_CONFIG=1 MAMBAADV2_RESULTS_DIR=$W/$name \
+    CUDA_VISIBLE_DEVICES=${PARITY_GPU:-0} \
     timeout "$(left "$deadline")" \
     python3 -m pytest -m cuda -q -s -rs -p no:cacheprovider "$@" > "$W/$name.log" 2>&1
   echo "$name exit $?"
@@ -57,11 +59,15 @@ parity() {  # NAME DEADLINE PYTEST-ARGS...: one pytest process on GPU 0, results
 
 gpu0() {  # parity in three processes (Triton JIT in parallel), then the scan benchmark
   local deadline=$(( SECONDS + ${PARITY_S:-280} ))
+  local groups=" ${PARITY_GROUPS:-ssd mamba3 s6} "
   if has parity; then
-    parity parity_ssd "$deadline" tests/test_scans_cuda.py -k "ssd or auto" &
-    parity parity_mamba3 "$deadline" tests/test_scans_cuda.py -k mamba3 &
-    (wait_s6; parity parity_s6_blocks_model "$deadline" tests/test_scans_cuda.py \
-       tests/test_blocks.py tests/test_model.py -k "selective or torch_matches") &
+    [[ $groups == *" ssd "* ]] && parity parity_ssd "$deadline" tests/test_scans_cuda.py \
+      -k "ssd or auto" &
+    [[ $groups == *" mamba3 "* ]] && parity parity_mamba3 "$deadline" tests/test_scans_cuda.py \
+      -k mamba3 &
+    [[ $groups == *" s6 "* ]] && (wait_s6; parity parity_s6_blocks_model "$deadline" \
+      tests/test_scans_cuda.py tests/test_blocks.py tests/test_model.py \
+      -k "selective or torch_matches") &
     wait
   fi
   if has bench; then

@@ -14,8 +14,11 @@
 # Knobs: ABLATIONS (comma list), ABLATION_STEPS, PAPER_STEPS, TP_STEPS, PHASE_A_S (phase A's time
 # box), TOTAL_S (everything ends by then, counted from after the set-up), SLOTS (ablation runs at once per GPU; default from the GPU's memory), ABLATION_PROFILE
 # (small) and PAPER_PROFILE (paper; tiny for a dry run on a CPU with a stand-in nvidia-smi).
-# Hooks, shell commands run beside this script's work: BESIDE_A (during phase A), BESIDE_TP1 (on
-# the last GPU while GPU 0 times one GPU), AFTER_TP0 (on GPU 0 after that timing).
+# STAGES picks some of "ablations paper1 ddp tp weak" (all by default); ABLATION_GPU puts every
+# ablation on one GPU; PAPER_DATA picks the datasets of the one-GPU paper runs.
+# Hooks, shell commands run beside this script's work: BESIDE_A (during phase A), AFTER_A0 (on
+# GPU 0 after its paper run), BESIDE_TP1 (on the last GPU while GPU 0 times one GPU), AFTER_TP0
+# (on GPU 0 after that timing).
 set -u
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1  # never NVLink multicast here
@@ -75,16 +78,31 @@ evaluate() {  # GPU NAME: metrics of a trained run
 export -f ablation left paper
 export DEADLINE
 
-# ---- A: ablations (both datasets) beside the one-GPU paper runs, cut at PHASE_A_S ------------
-jobs0=() jobs1=()  # BSData on GPU 0, the embedded dataset on the last GPU, in ABLATIONS order
-for name in ${ABLATIONS//,/ }; do jobs0+=("0 bsdata $name"); jobs1+=("$LAST embedded $name"); done
+STAGES=" ${STAGES:-ablations paper1 ddp tp weak} "
+has() { [[ $STAGES == *" $1 "* ]]; }
+
+# ---- A: ablations beside the one-GPU paper runs, cut at PHASE_A_S ----------------------------
+jobs0=() jobs1=()  # by default BSData on GPU 0, the embedded dataset on the last GPU
+G_BS=${ABLATION_GPU:-0} G_EMB=${ABLATION_GPU:-$LAST}
+for name in ${ABLATIONS//,/ }; do jobs0+=("$G_BS bsdata $name"); jobs1+=("$G_EMB embedded $name")
+done
 [ -n "${BESIDE_A:-}" ] && { bash -c "$BESIDE_A" > "$W/beside_a.log" 2>&1; echo "beside A $?"; } &
-(timeout "$(left)" bash -c "paper 0 paper_bsdata_1gpu bsdata --steps $PAPER_STEPS \
-   --set checkpoint_every=50"; evaluate 0 paper_bsdata_1gpu) &
-(timeout "$(left)" bash -c "paper $LAST paper_embedded_1gpu embedded --steps $PAPER_STEPS \
-   --set checkpoint_every=50"; evaluate "$LAST" paper_embedded_1gpu) &
-printf '%s\n' "${jobs0[@]}" | xargs -P "$SLOTS" -L 1 bash -c 'ablation "$@"' _ &
-printf '%s\n' "${jobs1[@]}" | xargs -P "$SLOTS" -L 1 bash -c 'ablation "$@"' _ &
+if has paper1; then  # PAPER_DATA: bsdata on GPU 0 (then the AFTER_A0 hook), embedded on the last
+  for data in ${PAPER_DATA:-bsdata embedded}; do
+    gpu=$([ "$data" = bsdata ] && echo 0 || echo "$LAST")
+    (timeout "$(left)" bash -c "paper $gpu paper_${data}_1gpu $data --steps $PAPER_STEPS \
+       --set checkpoint_every=50"; evaluate "$gpu" "paper_${data}_1gpu"
+     if [ "$gpu" = 0 ] && [ -n "${AFTER_A0:-}" ]; then
+       timeout "$(left)" bash -c "$AFTER_A0" > "$W/after_a0.log" 2>&1; echo "after A0 exit $?"
+     fi) &
+  done
+fi
+if has ablations; then
+  printf '%s\n' "${jobs0[@]}" "${jobs1[@]}" | grep "^0 " \
+    | xargs -r -P "$SLOTS" -L 1 bash -c 'ablation "$@"' _ &
+  printf '%s\n' "${jobs0[@]}" "${jobs1[@]}" | grep -v "^0 " \
+    | xargs -r -P "$SLOTS" -L 1 bash -c 'ablation "$@"' _ &
+fi
 wait
 echo "phase A done at ${SECONDS} s"
 
@@ -92,18 +110,24 @@ echo "phase A done at ${SECONDS} s"
 DEADLINE=$(( START + ${TOTAL_S:-560} ))
 export DEADLINE
 if [ "$NGPU" -gt 1 ]; then
-  timeout "$(left)" bash -c "paper 0,1 paper_bsdata_ddp2 bsdata --steps $PAPER_STEPS \
-    --set batch_size=8 --set checkpoint_every=50"
-  evaluate 0 paper_bsdata_ddp2
-  (timeout "$(left)" bash -c "paper 0 throughput_1gpu_b16 bsdata --steps $TP_STEPS \
-     --set log_every=10"
-   [ -n "${AFTER_TP0:-}" ] && timeout "$(left)" bash -c "$AFTER_TP0" > "$W/after_tp0.log" 2>&1
-   echo "after tp0 exit $?") &
-  [ -n "${BESIDE_TP1:-}" ] && { timeout "$(left)" bash -c "$BESIDE_TP1" > "$W/beside_tp1.log" \
-    2>&1; echo "beside tp1 exit $?"; } &
-  wait
-  timeout "$(left)" bash -c "paper 0,1 throughput_ddp2_b16 bsdata --steps $TP_STEPS \
-    --set log_every=10"
+  if has ddp; then
+    timeout "$(left)" bash -c "paper 0,1 paper_bsdata_ddp2 bsdata --steps $PAPER_STEPS \
+      --set batch_size=8 --set checkpoint_every=50"
+    evaluate 0 paper_bsdata_ddp2
+  fi
+  if has tp; then
+    (timeout "$(left)" bash -c "paper 0 throughput_1gpu_b16 bsdata --steps $TP_STEPS \
+       --set log_every=10"
+     [ -n "${AFTER_TP0:-}" ] && timeout "$(left)" bash -c "$AFTER_TP0" > "$W/after_tp0.log" 2>&1
+     echo "after tp0 exit $?") &
+    [ -n "${BESIDE_TP1:-}" ] && { timeout "$(left)" bash -c "$BESIDE_TP1" \
+      > "$W/beside_tp1.log" 2>&1; echo "beside tp1 exit $?"; } &
+    wait
+  fi
+  if has weak; then
+    timeout "$(left)" bash -c "paper 0,1 throughput_ddp2_b16 bsdata --steps $TP_STEPS \
+      --set log_every=10"
+  fi
 fi
 echo "done at ${SECONDS} s"
 tail -n 2 "$W"/*.log
