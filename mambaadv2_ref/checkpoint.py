@@ -229,7 +229,8 @@ def load_checkpoint(run_dir, *, model_name: str | None = None,
     Args:
         run_dir: run directory holding `checkpoint.json`.
         model_name: if given, the stored model name must equal it.
-        model_config: if given, the stored model config must equal it (differences are listed).
+        model_config: if given, the stored model config must equal it (differences are listed),
+            except for the compute-only `model.config.COMPUTE_SETTINGS`.
         with_optimizer: also read the optimizer tensors.
 
     Returns:
@@ -249,7 +250,7 @@ def load_checkpoint(run_dir, *, model_name: str | None = None,
         raise ValueError(f"checkpoint in {run_dir} holds model {meta['model']!r}, "
                          f"not {model_name!r}")
     if model_config is not None:
-        diff = config_diff(meta["model_config"], model_config)
+        diff = model_config_diff(meta["model_config"], model_config)
         if diff:
             raise ValueError(f"model config differs from the checkpoint in {run_dir}: "
                              + "; ".join(diff))
@@ -283,6 +284,18 @@ def config_diff(stored: dict, wanted: dict) -> list[str]:
     keys = sorted(set(stored) | set(wanted))
     return [f"{k}: {stored.get(k, absent)!r} -> {wanted.get(k, absent)!r}" for k in keys
             if k not in stored or k not in wanted or stored[k] != wanted[k]]
+
+
+def model_config_diff(stored: dict, wanted: dict) -> list[str]:
+    """`config_diff` of two model configs, ignoring `model.config.COMPUTE_SETTINGS` (how the
+    model is computed, not what its weights mean: a checkpoint written with another scan
+    backend, or before a compute setting existed, still loads)."""
+    from mambaadv2_ref.model.config import COMPUTE_SETTINGS
+
+    def identity(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in COMPUTE_SETTINGS}
+
+    return config_diff(identity(stored), identity(wanted))
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -341,7 +354,7 @@ def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
         rest = {k: v for k, v in stored.items() if k != "pretrained"}
     model = build_detector(name, profile=fixed.get("profile", "tiny"),
                            encoder=fixed.get("encoder"), pretrained=False, overrides=rest)
-    diff = [d for d in config_diff(ckpt.meta["model_config"], model.config.to_dict())
+    diff = [d for d in model_config_diff(ckpt.meta["model_config"], model.config.to_dict())
             if not d.startswith("pretrained:")]
     if diff:
         raise ValueError(f"the model rebuilt from {run_dir} differs from its stored config: "

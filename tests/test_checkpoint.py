@@ -87,6 +87,10 @@ def test_load_errors_are_clear(tmp_path):
         ck.load_checkpoint(tmp_path, model_name="patchcore")
     with pytest.raises(ValueError, match="d_state: 4 -> 8"):
         ck.load_checkpoint(tmp_path, model_config={"d_state": 8, "plan": [1, 2]})
+    # compute-only settings (a checkpoint from before checkpoint_matrix existed, another scan
+    # backend) load: they change how the model runs, not what its weights mean
+    assert ck.load_checkpoint(tmp_path, model_config={**META["model_config"], "backend": "torch",
+                                                      "checkpoint_matrix": False}).step == 0
     weights = next(tmp_path.glob("weights-*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(ValueError, match="SHA-256"):

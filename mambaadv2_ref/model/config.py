@@ -26,6 +26,9 @@ from mambaadv2_ref.scanning import ScanPlan, resolve_plan
 
 MODELS = ("mambaadv2", "mambaad")
 BACKENDS = ("auto", "torch", "mamba_ssm")
+# settings that change how the model is computed, not what it computes: a checkpoint written with
+# other values (or before a setting existed) loads and resumes under the current ones
+COMPUTE_SETTINGS = ("backend", "checkpoint_matrix")
 
 
 @dataclass
