@@ -109,20 +109,20 @@ def ssd_chunked_core(xbar, log_a, B, C, chunk_size, initial_states=None):
         t = F.pad(t, [0, 0] * (t.dim() - 2) + [0, pad]) if pad else t
         return t.reshape(b, c, Q, g, heads, *t.shape[3:]).movedim(2, 4)
 
-    x = split(xbar, r)                                                # (b, c, g, r, Q, p)
+    x = split(xbar, r).contiguous()  # (b, c, g, r, Q, p): one copy, then every op is dense
     B_, C_ = split(B, 1), split(C, 1)                                 # (b, c, g, 1, Q, N)
     a = split(log_a, r).contiguous()                                  # (b, c, g, r, Q)
     a_cum = torch.cumsum(a, dim=-1)
     y = (C_ @ B_.transpose(-1, -2) * decay_mask(a)) @ x                      # step 1
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)                               # step 2
-    states = (x * decay_to_end[..., None]).transpose(-1, -2) @ B_     # (b, c, g, r, p, N)
+    states = x.transpose(-1, -2) @ (B_ * decay_to_end[..., None])     # (b, c, g, r, p, N)
     init = xbar.new_zeros(b, 1, g, r, p, N) if initial_states is None \
         else initial_states.reshape(b, 1, g, r, p, N)
     states = torch.cat([init, states], dim=1).movedim(1, 3)           # (b, g, r, c+1, p, N)
     chunk_decay = decay_mask(F.pad(a_cum[..., -1].movedim(1, -1), [1, 0]))  # step 3
     states = (chunk_decay @ states.flatten(-2)).unflatten(-1, (p, N))
     states_in, final = states[:, :, :, :-1].movedim(3, 1), states[:, :, :, -1]
-    y = y + (C_ @ states_in.transpose(-1, -2)) * torch.exp(a_cum)[..., None]       # step 4
+    y = y + (C_ * torch.exp(a_cum)[..., None]) @ states_in.transpose(-1, -2)       # step 4
     y = y.movedim(-2, 2).reshape(b, c * Q, h, p)[:, :L]                             # step 5
     return y, final.reshape(b, h, p, N)
 
