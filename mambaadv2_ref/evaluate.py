@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from mambaadv2_ref.checkpoint import load_detector, write_json
 from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
 from mambaadv2_ref.metrics import aggregate, compute_metrics, f1max_threshold
-from mambaadv2_ref.profiles import get_profile, resolve_device
+from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
 from mambaadv2_ref.timing import (
     peak_memory_bytes,
     reset_peak_memory,
@@ -137,11 +137,12 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
 
 def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | None = None,
                 device="auto", batch_size: int | None = None, iters: int = 5,
-                overrides: dict | None = None, precision: str = "bf16") -> dict:
+                overrides: dict | None = None, precision: str = "auto") -> dict:
     """Training and inference throughput (images/s) and peak memory of `build_model`.
 
     Training step = forward + reconstruction loss + backward + AdamW step, under bf16 autocast
-    on CUDA when `precision="bf16"` (as `train`), in float32 with `precision="fp32"`; inference =
+    on CUDA when `precision="bf16"` (or "auto" on a GPU with native bf16, as `train`), in
+    float32 with `precision="fp32"`; inference =
     `anomaly_map` (float32). Random weights and random images: the speed does not depend on them.
 
     Returns:
@@ -151,9 +152,8 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
     from mambaadv2_ref.model.factory import build_model
     from mambaadv2_ref.model.loss import reconstruction_loss
 
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     device = resolve_device(device)
+    bf16 = use_bf16(device, precision)
     prof = get_profile(profile)
     batch_size = batch_size or prof.batch_size
     net = build_model(model=model, profile=profile, encoder=encoder, pretrained=False,
@@ -163,8 +163,7 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16,
-                            enabled=device.type == "cuda" and precision == "bf16"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             enc, dec = net(images)
         loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
         optimizer.zero_grad(set_to_none=True)

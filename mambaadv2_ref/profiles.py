@@ -81,3 +81,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from err
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether a step runs under bf16 autocast.
+
+    Args:
+        device: the device of the step.
+        precision: "bf16" (on CUDA), "fp32" (never), or "auto": bf16 on CUDA GPUs that compute
+            in bf16 natively (compute capability 8.0 on, Ampere and later), float32 elsewhere,
+            e.g. on Colab's T4 or on a CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
+        return False
+    return precision == "bf16" or torch.cuda.get_device_capability(device) >= (8, 0)
+

@@ -2,7 +2,8 @@
 
 Recipe (mambaad_family.md §1.4): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
 betas 0.9/0.999, wd 1e-4, no weight decay on 1-D parameters and biases); gradient norm clipped at
-5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on CUDA only.
+5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on GPUs that
+compute in bf16 natively (`profiles.use_bf16`, setting `precision`), float32 elsewhere.
 
 Exact resume: the batch of step t is a pure function of (seed, t) (`StepBatchSampler`), the
 learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
@@ -39,7 +40,7 @@ from mambaadv2_ref.checkpoint import (
 )
 from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
 from mambaadv2_ref.model.loss import reconstruction_loss
-from mambaadv2_ref.profiles import get_profile, resolve_device
+from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         weight_decay, clip_grad, lr_decay_at, lr_decay: the optimiser recipe (§1.4).
         stop_at: stop after this many steps as if interrupted (time-boxed runs, resume tests).
+        precision: "auto" (bf16 autocast on GPUs with native bf16, else float32), "bf16", "fp32".
     """
 
     out: str
@@ -92,11 +94,12 @@ class TrainConfig:
     lr_decay_at: float = 0.8
     lr_decay: float = 0.1
     stop_at: int | None = None
+    precision: str = "auto"
 
 
 SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",
             "log_every", "num_workers", "weight_decay", "clip_grad", "lr_decay_at", "lr_decay",
-            "stop_at")
+            "stop_at", "precision")
 # settings that must not change when a run is resumed
 RESUME_KEYS = ("data", "classes", "image_size", "batch_size", "lr", "seed", "num_steps",
                "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size")
@@ -258,6 +261,8 @@ def train(cfg: TrainConfig) -> dict:
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))
     stop = num_steps if cfg.stop_at is None else min(cfg.stop_at, num_steps)
+    bf16 = use_bf16(device, cfg.precision)
+    meta["train"]["bf16_autocast"] = bf16
     every = cfg.checkpoint_every
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -268,7 +273,7 @@ def train(cfg: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
         images = batch["image"].to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             enc, dec = train_model(images)
         loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
         optimizer.zero_grad(set_to_none=True)

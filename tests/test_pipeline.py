@@ -76,3 +76,17 @@ def test_config_from_sets_routes_and_rejects_keys():
     assert cfg.lr == 0.1 and cfg.model_overrides == {"d_state": 8}
     with pytest.raises(ValueError, match="unknown key.*model config keys"):
         config_from_sets(TrainConfig(out="x"), {"nonsense": 1}, {"d_state"})
+
+
+def test_bf16_only_where_the_device_computes_it(monkeypatch):
+    from mambaadv2_ref.profiles import use_bf16
+
+    cpu = torch.device("cpu")
+    assert not use_bf16(cpu, "auto") and not use_bf16(cpu, "bf16")
+    cuda = torch.device("cuda", 0)
+    for capability, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):  # T4, A100, H100
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: c)
+        assert use_bf16(cuda, "auto") is expected
+        assert use_bf16(cuda, "bf16") and not use_bf16(cuda, "fp32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        use_bf16(cpu, "fp16")

@@ -1,8 +1,10 @@
 """viz.book_runs: the live-run config and the committed-results reader (no training here)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from mambaadv2_ref.viz import book_runs
 
@@ -26,3 +28,17 @@ def test_committed_results_reads_or_says_missing(tmp_path, monkeypatch):
     assert book_runs.list_results() == ["bench.json"]
     with pytest.raises(ValueError, match=".json"):
         book_runs.committed_results("notes.md")
+
+
+def test_live_batch_fits_the_gpu(monkeypatch):
+    """The paper profile's batch 16 on a big GPU; less on a 16 GB T4 (float32 there); none on
+    the CPU or for tiny."""
+    assert book_runs.live_batch_size("paper", "cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for gib, capability, expected in ((141, (9, 0), None), (80, (8, 0), None),
+                                      (40, (8, 0), 13), (15, (7, 5), 3)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda d, g=gib: SimpleNamespace(total_memory=g * 2**30))
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: c)
+        assert book_runs.live_batch_size("paper", "cuda") == expected
+    assert book_runs.live_batch_size("tiny", "cuda") is None

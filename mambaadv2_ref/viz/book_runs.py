@@ -13,11 +13,34 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from mambaadv2_ref.train import TrainConfig, train
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 # steps of the live run per profile: about half a minute on 2 CPU cores for tiny
 LIVE_STEPS = {"tiny": 40, "small": 40, "paper": 300}
+# GiB of training peak memory per image of batch, MambaADv2, measured with `bench model` on an
+# H200 (paper: 41.7 GiB bf16 and 52.7 GiB fp32 at batch 16, with checkpoint_matrix; small:
+# 14.8 GiB bf16 at batch 8 before it): the live run's batch is cut to fit smaller GPUs
+GIB_PER_IMAGE = {("paper", True): 2.6, ("paper", False): 3.3, ("small", True): 1.9,
+                 ("small", False): 2.4}
+
+
+def live_batch_size(profile: str, device: str = "auto") -> int | None:
+    """Batch of the live run: the profile's, or on a GPU too small for it, what fits in 85 % of
+    its memory by `GIB_PER_IMAGE` (at least 1; the learning rate follows the batch). None means
+    the profile's batch (CPU, tiny, or a GPU large enough).
+    """
+    from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
+
+    dev = resolve_device(device)
+    if dev.type != "cuda" or (profile, True) not in GIB_PER_IMAGE:
+        return None
+    per_image = GIB_PER_IMAGE[(profile, use_bf16(dev))]
+    total_gib = torch.cuda.get_device_properties(dev).total_memory / 2**30
+    fits = max(1, int(0.85 * total_gib / per_image))
+    return fits if fits < get_profile(profile).batch_size else None
 
 
 def live_run_config(out: str | Path, profile: str, device: str = "auto",
@@ -31,13 +54,14 @@ def live_run_config(out: str | Path, profile: str, device: str = "auto",
         steps: optimisation steps; None takes LIVE_STEPS[profile].
 
     Returns:
-        TrainConfig with log_every=5 (a loss curve with a few points).
+        TrainConfig with log_every=5 (a loss curve with a few points) and the batch of
+        `live_batch_size`.
     """
     if profile not in LIVE_STEPS:
         raise ValueError(f"profile must be one of {sorted(LIVE_STEPS)}, got {profile!r}")
     return TrainConfig(out=str(out), profile=profile, device=device,
                        steps=LIVE_STEPS[profile] if steps is None else steps, log_every=5,
-                       resume=True)
+                       resume=True, batch_size=live_batch_size(profile, device))
 
 
 def live_run(out: str | Path, profile: str, device: str = "auto", fresh: bool = False,
