@@ -110,3 +110,23 @@ def test_collect_names_a_missing_archive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         collect_gpu.main(["training", str(tmp_path / "nope.tgz")])
     assert "nope.tgz does not exist" in capsys.readouterr().err
+
+
+def test_a_later_sitting_replaces_what_it_remeasures_and_keeps_the_rest(tmp_path):
+    def sitting(name, date, rows):
+        src = tmp_path / name
+        src.mkdir()
+        (src / "speed.json").write_text(json.dumps({"environment": {"date": date}, "rows": rows}))
+        return src
+
+    def speed_row(backend, ips):
+        return {"model": "mambaadv2", "backend": backend, "precision": "fp32", "profile": "paper",
+                "device_name": "H200", "train_images_per_s": ips, "infer_images_per_s": 2 * ips}
+
+    out = tmp_path / "results"
+    collect_gpu.collect_session(sitting("a", "day1", [speed_row("torch", 10.0),
+                                                      speed_row("mamba_ssm", 30.0)]), out)
+    collect_gpu.collect_session(sitting("b", "day2", [speed_row("torch", 12.0)]), out)
+    rows = json.loads((out / "speed_paper_gpu.json").read_text())["rows"]
+    assert [(r["backend"], r["train_images_per_s"], r["measured"]) for r in rows] == [
+        ("mamba_ssm", 30.0, "day1"), ("torch", 12.0, "day2")]
