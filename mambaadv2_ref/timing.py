@@ -40,6 +40,26 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int
     return statistics.median(times)
 
 
+def saved_for_backward_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the tensors that autograd keeps for the backward pass while `fn()` runs (each
+    storage counted once): the activation memory of a training step, on any device, without
+    running the backward pass. Parameters saved by their ops are counted too."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += key[1]
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new CUDA peak-memory window (CPU: nothing to reset)."""
     if device.type == "cuda":

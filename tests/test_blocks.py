@@ -190,11 +190,15 @@ def test_hss_windowed_matrix_path_matches_window_loop():
     torch.testing.assert_close(y, expected)
 
 
-def test_hss_checkpointed_matrix_path_gives_the_same_gradients():
-    """Recomputing the matrix path in the backward pass changes memory, not the gradients."""
+@pytest.mark.parametrize("flags", [dict(checkpoint_matrix=True),
+                                   dict(checkpoint_block=True, checkpoint_matrix=False),
+                                   dict(checkpoint_block=True)])
+def test_hss_checkpointing_gives_the_same_gradients(flags):
+    """Recomputing the matrix path or the whole block in the backward pass changes memory, not
+    the gradients."""
     grads = []
-    for flag in (True, False):
-        hss = make_hss(path_mode="matrix", matrix_max_tokens=8, checkpoint_matrix=flag)
+    for settings in (flags, dict(checkpoint_matrix=False)):
+        hss = make_hss(path_mode="sum", matrix_max_tokens=8, **settings)
         u = torch.randn(2, 4, 6, 16, dtype=torch.float64, generator=seeded(4), requires_grad=True)
         hss(u).square().sum().backward()
         grads.append([u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)])

@@ -4,11 +4,13 @@ tiny sizes on the CPU; their files hold what the book reads. No timing is assert
 import json
 
 import pytest
+import torch
 
 from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.evaluate import METRIC_KEYS
+from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.studies import ablations, scaling, speed
-from mambaadv2_ref.timing import seconds_per_call
+from mambaadv2_ref.timing import saved_for_backward_bytes, seconds_per_call
 
 TINY_MODEL = ["--set", "image_size=64", "--set", "batch_size=2", "--set", "pretrained=False"]
 
@@ -80,8 +82,25 @@ def test_growth_exponent_recovers_known_powers():
 
 
 def test_seconds_per_call_counts_calls():
-    import torch
-
     calls = []
     seconds_per_call(lambda: calls.append(1), torch.device("cpu"), warmup=2, iters=3, repeats=2)
     assert len(calls) == 2 + 3 * 2
+
+
+def test_saved_for_backward_bytes_counts_each_storage_once():
+    a = torch.randn(1000, requires_grad=True)
+    assert saved_for_backward_bytes(lambda: torch.exp(a)) == 4000       # exp keeps its output
+    assert saved_for_backward_bytes(lambda: a * a) == 4000              # one storage, twice
+    with torch.no_grad():
+        assert saved_for_backward_bytes(lambda: torch.exp(a)) == 0
+
+
+def test_block_checkpointing_keeps_less_for_backward():
+    images = torch.randn(1, 3, 64, 64)
+    kept = {}
+    for name, flags in (("none", dict(checkpoint_matrix=False)), ("matrix", {}),
+                        ("block", dict(checkpoint_block=True))):
+        torch.manual_seed(0)
+        net = build_model("mambaadv2", "tiny", pretrained=False, image_size=64, **flags)
+        kept[name] = saved_for_backward_bytes(lambda net=net: net(images))
+    assert kept["block"] < kept["matrix"] < kept["none"]

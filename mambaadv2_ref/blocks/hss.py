@@ -29,7 +29,9 @@ Choices we made (the paper body is not public):
   of that many tokens along the scan order (a block-diagonal M); a Hilbert window is a compact
   patch of the image. `matrix_cost` reports the resulting size. In training the masks are not
   kept for the backward pass but recomputed (`checkpoint_matrix`, activation checkpointing):
-  they are the largest tensors of the model, several per block.
+  they are the largest tensors of the model, several per block. `checkpoint_block` recomputes
+  the whole block instead (scans, both paths, merge): it keeps only the block's input, for small
+  GPUs, at the price of one more forward of every block per step.
 
 Glossary (code -> symbol): h heads, p headdim, N d_state, g ngroups, K directions, L = H W,
 `A_log` -> log(-A_h), `dt_bias` -> Delta bias, `B_bias`/`C_bias` -> b_B, b_C, `trap` -> lambda
@@ -87,6 +89,8 @@ class HSS(nn.Module):
         matrix_max_tokens: window of the matrix path for longer sequences.
         checkpoint_matrix: recompute the matrix path in the backward pass instead of storing
             its (window x window) masks (same gradients, far less memory, ~1 more forward).
+        checkpoint_block: recompute the whole block in the backward pass (keeps only its input;
+            same gradients; one more forward of the block).
         position_aware: rotary angles + trapezoid (Mamba-3); off: Mamba-2 SSD.
         rope_fraction: fraction of N turned by rotary angles (Mamba-3: 0.5).
         dwconv: depthwise 3x3 conv + SiLU on x.  bc_norm: RMSNorm + bias on B and C.
@@ -97,8 +101,9 @@ class HSS(nn.Module):
                  expand: int = 2, ngroups: int = 1, chunk_size: int = 64,
                  path_mode: str = "sum", matrix_causal: bool = False,
                  matrix_max_tokens: int = 1024, checkpoint_matrix: bool = True,
-                 position_aware: bool = True, rope_fraction: float = 0.5, dwconv: bool = True,
-                 bc_norm: bool = True, backend: str = "auto"):
+                 checkpoint_block: bool = False, position_aware: bool = True,
+                 rope_fraction: float = 0.5, dwconv: bool = True, bc_norm: bool = True,
+                 backend: str = "auto"):
         super().__init__()
         d_inner = expand * dim
         if path_mode not in PATH_MODES:
@@ -112,7 +117,7 @@ class HSS(nn.Module):
         self.chunk_size, self.path_mode, self.matrix_causal = chunk_size, path_mode, matrix_causal
         self.matrix_max_tokens, self.position_aware, self.backend = (
             matrix_max_tokens, position_aware, backend)
-        self.checkpoint_matrix = checkpoint_matrix
+        self.checkpoint_matrix, self.checkpoint_block = checkpoint_matrix, checkpoint_block
         self.num_angles = int(d_state * rope_fraction) // 2 if position_aware else 0
         self.split_sizes = [d_inner, ngroups * d_state, ngroups * d_state, h,
                             h if position_aware else 0, self.num_angles]  # x, B, C, dt, trap, th
@@ -136,6 +141,12 @@ class HSS(nn.Module):
         """Args: u (B, H, W, C), already layer-normed. Returns (B, H, W, C)."""
         if u.ndim != 4:
             raise ValueError(f"u must be (B, H, W, C), got {tuple(u.shape)}")
+        if self.checkpoint_block and torch.is_grad_enabled():
+            return checkpoint(self.block, u, use_reentrant=False)
+        return self.block(u)
+
+    def block(self, u: torch.Tensor) -> torch.Tensor:
+        """Equations (1)-(8) on u (B, H, W, C); returns (B, H, W, C)."""
         Bsz, H, W, _ = u.shape
         h, p, g, N = self.heads, self.headdim, self.ngroups, self.d_state
         z, x, rest = self.in_proj(u).split([self.d_inner, self.d_inner, sum(self.split_sizes[1:])],
@@ -199,7 +210,7 @@ class HSS(nn.Module):
         tensors = [x, delta, B, C, trap, angles]
         if L > self.matrix_max_tokens:
             tensors = [windows(t, self.matrix_max_tokens) for t in tensors]
-        if self.checkpoint_matrix and torch.is_grad_enabled():
+        if self.checkpoint_matrix and not self.checkpoint_block and torch.is_grad_enabled():
             y = checkpoint(self.matrix_form, *tensors[:2], A, *tensors[2:], use_reentrant=False)
         else:
             y = self.matrix_form(*tensors[:2], A, *tensors[2:])

@@ -28,7 +28,7 @@ MODELS = ("mambaadv2", "mambaad")
 BACKENDS = ("auto", "torch", "mamba_ssm")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
-COMPUTE_SETTINGS = ("backend", "checkpoint_matrix")
+COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block")
 
 
 @dataclass
@@ -51,6 +51,7 @@ class ModelConfig:
         scan_plan, curve, num_directions: the scanning plan and its overrides.
         path_mode, matrix_causal, matrix_max_tokens: the dual paths of the HSS block.
         checkpoint_matrix: recompute the matrix path's masks in the backward pass (memory).
+        checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
         rope_fraction: fraction of d_state that the rotary angles turn (Mamba-3: 0.5).
         dwconv: depthwise 3x3 conv + SiLU on x before the scan (v2; v1 always has it).
@@ -80,6 +81,7 @@ class ModelConfig:
     matrix_causal: bool = False
     matrix_max_tokens: int = 1024
     checkpoint_matrix: bool = True
+    checkpoint_block: bool = False
     position_aware: bool = True
     rope_fraction: float = 0.5
     dwconv: bool = True

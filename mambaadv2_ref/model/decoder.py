@@ -29,7 +29,8 @@ def _build_module(cfg: ModelConfig, dim: int, num_blocks: int, plan, drop_path: 
                      d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand,
                      ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, path_mode=cfg.path_mode,
                      matrix_causal=cfg.matrix_causal, matrix_max_tokens=cfg.matrix_max_tokens,
-                     checkpoint_matrix=cfg.checkpoint_matrix, position_aware=cfg.position_aware,
+                     checkpoint_matrix=cfg.checkpoint_matrix,
+                     checkpoint_block=cfg.checkpoint_block, position_aware=cfg.position_aware,
                      rope_fraction=cfg.rope_fraction,
                      dwconv=cfg.dwconv, bc_norm=cfg.bc_norm, backend=cfg.backend)
 
