@@ -105,6 +105,13 @@ RESUME_KEYS = ("data", "classes", "image_size", "batch_size", "lr", "seed", "num
                "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size")
 
 
+def steady_images_per_s(history: list[dict]) -> float:
+    """Mean training images/s of a run's logged windows, without the first one (it holds the
+    warm-up) unless it is the only one."""
+    steady = history[1:] or history
+    return sum(h["images_per_s"] for h in steady) / len(steady)
+
+
 def step_lr(step: int, num_steps: int, lr: float, decay_at: float = 0.8,
             decay: float = 0.1) -> float:
     """Learning rate of step `step`: `lr`, times `decay` from `decay_at * num_steps` on.

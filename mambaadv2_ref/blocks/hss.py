@@ -56,6 +56,14 @@ from mambaadv2_ref.scanning import StagePlan
 PATH_MODES = ("sum", "gate", "recurrence", "matrix", "attention")
 
 
+def recomputed(enabled: bool, fn, *args) -> torch.Tensor:
+    """fn(*args); with `enabled` and autograd recording, its activations are not stored but
+    recomputed in the backward pass (activation checkpointing: same values and gradients)."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 def windows(t: torch.Tensor, size: int) -> torch.Tensor:
     """Cut the time axis (dim 1) into windows: (b, L, ...) -> (b * ceil(L / size), size, ...),
     zero-padding the last window."""
@@ -141,9 +149,7 @@ class HSS(nn.Module):
         """Args: u (B, H, W, C), already layer-normed. Returns (B, H, W, C)."""
         if u.ndim != 4:
             raise ValueError(f"u must be (B, H, W, C), got {tuple(u.shape)}")
-        if self.checkpoint_block and torch.is_grad_enabled():
-            return checkpoint(self.block, u, use_reentrant=False)
-        return self.block(u)
+        return recomputed(self.checkpoint_block, self.block, u)
 
     def block(self, u: torch.Tensor) -> torch.Tensor:
         """Equations (1)-(8) on u (B, H, W, C); returns (B, H, W, C)."""
@@ -210,10 +216,8 @@ class HSS(nn.Module):
         tensors = [x, delta, B, C, trap, angles]
         if L > self.matrix_max_tokens:
             tensors = [windows(t, self.matrix_max_tokens) for t in tensors]
-        if self.checkpoint_matrix and not self.checkpoint_block and torch.is_grad_enabled():
-            y = checkpoint(self.matrix_form, *tensors[:2], A, *tensors[2:], use_reentrant=False)
-        else:
-            y = self.matrix_form(*tensors[:2], A, *tensors[2:])
+        y = recomputed(self.checkpoint_matrix and not self.checkpoint_block, self.matrix_form,
+                       *tensors[:2], A, *tensors[2:])
         return unwindows(y, b, L) if L > self.matrix_max_tokens else y
 
     def matrix_form(self, x, delta, A, B, C, trap, angles) -> torch.Tensor:

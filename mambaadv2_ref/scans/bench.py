@@ -87,6 +87,26 @@ def _compiled(shape: dict) -> Callable[[dict], object]:
     return lambda x: fn(**x, chunk_size=shape["chunk"])
 
 
+def _measure(run: Callable[[dict], object], shape: dict, batch: int, device: torch.device,
+             repeats: int) -> dict:
+    """{ms, batch, total_s} of one method at one shape, or {error, traceback_tail} when it
+    fails (out of memory, a compile failure): the benchmark records it and goes on."""
+    try:
+        x = _inputs(shape, batch, device)
+        with torch.no_grad():
+            start = time.perf_counter()
+            ms = 1e3 * seconds_per_call(lambda: run(x), device, warmup=1, iters=1,
+                                        repeats=repeats)
+        return {"ms": ms, "batch": batch, "total_s": time.perf_counter() - start}
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:500],
+                "traceback_tail": traceback.format_exc()[-1500:]}
+    finally:
+        x = None  # free the inputs before empty_cache
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _ratios(methods: dict) -> dict:
     ms = {k: v["ms"] for k, v in methods.items() if "ms" in v}
     out = {}
@@ -153,25 +173,12 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
         for method, run in runners.items():
             batch = shape.get("sequential_batch", shape["batch"]) if method == "sequential" \
                 else shape["batch"]
-            try:
-                if method == "mamba_ssm" and not (kernels_ok[KERNELS[shape["scan"]]][0]
-                                                  and device.type == "cuda"):
-                    raise RuntimeError(kernels_ok[KERNELS[shape["scan"]]][1])
-                x = _inputs(shape, batch, device)
-                with torch.no_grad():
-                    start = time.perf_counter()
-                    ms = 1e3 * seconds_per_call(
-                        lambda run=run, x=x: run(x), device, warmup=1, iters=1,
-                        repeats=1 if method == "sequential" else reps)
-                entry["methods"][method] = {"ms": ms, "batch": batch,
-                                            "total_s": time.perf_counter() - start}
-            except Exception as err:  # OOM, compile failures: record and go on
-                entry["methods"][method] = {"error": f"{type(err).__name__}: {err}"[:500],
-                                            "traceback_tail": traceback.format_exc()[-1500:]}
-            finally:
-                x = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            usable, reason = kernels_ok[KERNELS[shape["scan"]]]
+            if method == "mamba_ssm" and not (usable and device.type == "cuda"):
+                entry["methods"][method] = {"error": reason}
+            else:
+                entry["methods"][method] = _measure(
+                    run, shape, batch, device, 1 if method == "sequential" else reps)
             entry["ratios"] = _ratios(entry["methods"])
             save()
             print(shape["scan"], method, entry["methods"][method], flush=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import METRIC_KEYS, evaluate
 from mambaadv2_ref.timing import environment
-from mambaadv2_ref.train import TrainConfig, train
+from mambaadv2_ref.train import TrainConfig, steady_images_per_s, train
 
 # name -> (model, overrides of the model config, what it tests)
 ABLATIONS: dict[str, tuple[str, dict, str]] = {
@@ -65,11 +65,9 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
     meta = train(cfg)
     metrics = evaluate(out, device=device)
     history = meta["history"]
-    train_ips = sum(h["images_per_s"] for h in history[1:]) / max(1, len(history) - 1) \
-        if len(history) > 1 else history[-1]["images_per_s"]
     return {"ablation": name, "model": model, "overrides": overrides, "what": what,
             "steps": meta["train"]["num_steps"], "train_seconds": meta["train_seconds"],
-            "train_images_per_s": train_ips,
+            "train_images_per_s": steady_images_per_s(history),
             "infer_images_per_s": metrics["run"]["images_per_s"],
             "final_loss": history[-1]["loss"],
             **{k: metrics["mean"][k] for k in METRIC_KEYS}}

@@ -27,6 +27,7 @@ from pathlib import Path
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.studies.ablations import markdown as ablation_markdown
+from mambaadv2_ref.train import steady_images_per_s
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PYTEST_SUMMARY = re.compile(r"^=*\s*(\d+ (passed|failed|skipped|error).*?)\s*=*$")
@@ -61,7 +62,7 @@ def collect_session(folder: Path, results: Path = RESULTS) -> dict:
     Returns:
         dict of the files written (name -> path).
     """
-    from mambaadv2_ref.studies.scaling import plot_scaling
+    from mambaadv2_ref.studies.scaling import growth_exponents, plot_scaling
     from mambaadv2_ref.studies.speed import plot_speed
 
     results.mkdir(parents=True, exist_ok=True)
@@ -99,13 +100,8 @@ def collect_session(folder: Path, results: Path = RESULTS) -> dict:
         written["speed"] = results / "speed_paper_gpu.json"
     scaling = _load(folder / "scaling.json")
     if scaling:
-        from mambaadv2_ref.studies.scaling import growth_exponent
-
-        for largest, field in ((None, "growth_exponent_train"),
-                               (3, "growth_exponent_train_largest3")):
-            scaling[field] = {name: growth_exponent(
-                [r for r in scaling["rows"] if r["decoder"] == name], largest=largest)
-                for name in sorted({r["decoder"] for r in scaling["rows"]})}
+        scaling["growth_exponent_train"] = growth_exponents(scaling["rows"])
+        scaling["growth_exponent_train_largest3"] = growth_exponents(scaling["rows"], largest=3)
         write_json(results / "scaling_paper_gpu.json", scaling)
         plot_scaling(scaling["rows"], results / "scaling_paper_gpu.png")
         written["scaling"] = results / "scaling_paper_gpu.json"
@@ -118,7 +114,6 @@ def _run_summary(run: Path) -> dict | None:
     if manifest is None:
         return None
     history = manifest["history"]
-    steady = history[1:] or history  # the first window holds the warm-up
     metrics = _load(run / "metrics.json")
     return {
         "run": run.name, "device": manifest.get("device"),
@@ -128,7 +123,7 @@ def _run_summary(run: Path) -> dict | None:
         "image_size": manifest["train"]["image_size"], "steps": manifest["step"],
         "planned_steps": manifest["train"]["num_steps"],
         "train_seconds": manifest["train_seconds"],
-        "train_images_per_s": sum(h["images_per_s"] for h in steady) / len(steady),
+        "train_images_per_s": steady_images_per_s(history),
         "final_loss": history[-1]["loss"],
         **({k: metrics["mean"][k] for k in METRIC_KEYS} if metrics else {}),
         **({"eval_images_per_s": metrics["run"]["images_per_s"]} if metrics else {}),

@@ -84,6 +84,12 @@ def growth_exponent(rows: list[dict], key: str = "train_s", largest: int | None 
     return float(np.polyfit(x, y, 1)[0])
 
 
+def growth_exponents(rows: list[dict], largest: int | None = None) -> dict[str, float]:
+    """`growth_exponent` of the training step of every decoder in `rows` (sorted by name)."""
+    return {name: growth_exponent([r for r in rows if r["decoder"] == name], largest=largest)
+            for name in sorted({r["decoder"] for r in rows})}
+
+
 def plot_scaling(rows: list[dict], path: Path) -> None:
     """Log-log time and memory against tokens, one line per decoder, slope in the legend."""
     import matplotlib.pyplot as plt
@@ -143,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
             if "error" in row:
                 failed.add(name)
-            mine = {n: [r for r in rows if r["decoder"] == n] for n in names}
-            slopes = {n: growth_exponent(mine[n]) for n in names}
-            top3 = {n: growth_exponent(mine[n], largest=3) for n in names}
+            slopes, top3 = growth_exponents(rows), growth_exponents(rows, largest=3)
             write_json(out / "scaling.json", {  # after every row: a cut-short run keeps them
                 "environment": environment(), "profile": args.profile, "backend": args.backend,
                 "rows": rows,

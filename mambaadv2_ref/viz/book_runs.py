@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
 from mambaadv2_ref.train import TrainConfig, train
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -32,8 +33,6 @@ def live_batch_size(profile: str, device: str = "auto") -> int | None:
     its memory by `GIB_PER_IMAGE` (at least 1; the learning rate follows the batch). None means
     the profile's batch (CPU, tiny, or a GPU large enough).
     """
-    from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
-
     dev = resolve_device(device)
     if dev.type != "cuda" or (profile, True) not in GIB_PER_IMAGE:
         return None
