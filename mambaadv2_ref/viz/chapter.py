@@ -1,4 +1,4 @@
-"""Set-up shared by every chapter of the book: seeds, profile, device and scan backend.
+"""The book's helper module: the chapter set-up and what a chapter shows.
 
 Each chapter's second cell is::
 
@@ -6,14 +6,26 @@ Each chapter's second cell is::
     env = setup_chapter()
 
 which prints one line such as ``device=cpu, profile=tiny, scan backend=torch`` so that every page
-says where its numbers come from.
+says where its numbers come from. Then, in any front end (the HTML book, JupyterLab, Colab, a
+terminal, nbval), as a cell's last expression:
+
+    show_source(HSS.forward)         the package's own code, highlighted, with its file and line
+    prose(f"... {value:.2f} ...")     Markdown whose numbers the cell computed
+    table(rows)                       a Markdown table (aligned plain text where HTML is absent)
+
+The Colab set-up cell that comes before them is `viz.colab`'s.
 """
 
 from __future__ import annotations
 
+import inspect
 import random
 import sys
+import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,3 +129,120 @@ def setup_chapter(seed: int = 0, profile: str | None = None, device: str = "auto
                      scan_backend=scan_backend_name(chosen_device), colab=in_colab())
     print(env.summary())
     return env
+
+
+# ---- what a chapter shows: package source, prose with computed numbers, tables -----------------
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Shown:
+    """A piece of text with a rich view and a plain view, for every notebook front end.
+
+    IPython picks the richest view its front end can draw: the HTML book and JupyterLab take
+    `_repr_html_` (or `_repr_markdown_`), Colab the same, a terminal, nbval and `print` the plain
+    text (`__repr__`), which is always the content itself, never ``<object at 0x...>``.
+    """
+
+    def __init__(self, plain: str, html: str | None = None, markdown: str | None = None):
+        self.plain, self.html, self.markdown = plain, html, markdown
+
+    def __repr__(self) -> str:
+        return self.plain
+
+    def _repr_html_(self) -> str | None:
+        return self.html
+
+    def _repr_markdown_(self) -> str | None:
+        return self.markdown
+
+
+def _where(obj) -> str:
+    """`file, line N` of a function, class or method, relative to the repository."""
+    target = inspect.unwrap(obj)
+    path = Path(inspect.getsourcefile(target)).resolve()
+    try:
+        path = path.relative_to(_PACKAGE_ROOT)
+    except ValueError:  # an installed package (a wheel in Colab): name it from the package down
+        parts = path.parts
+        path = Path(*parts[parts.index("mambaadv2_ref"):]) if "mambaadv2_ref" in parts else path
+    return f"{path.as_posix()}, line {inspect.getsourcelines(target)[1]}"
+
+
+def show_source(obj) -> Shown:
+    """The source of a function, method or class of the package, highlighted, with its place.
+
+    A chapter shows the package's code with this instead of a pasted copy, so the page and the
+    package cannot drift apart. The HTML view is pygments' highlighting with inline styles (no
+    style sheet needed: the HTML book, JupyterLab and Colab draw it alike); the plain view is the
+    same source as text, for nbval, terminals and front ends without HTML.
+
+    Args:
+        obj: a function, method, property or class (not a module or an instance).
+
+    Returns:
+        A `Shown`: the cell's last expression displays it.
+    """
+    if isinstance(obj, property):
+        obj = obj.fget
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj)):
+        raise TypeError(f"show_source needs a function, method or class, got {type(obj).__name__}"
+                        f" ({obj!r:.60})")
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    code = textwrap.dedent(inspect.getsource(inspect.unwrap(obj)))
+    where = f"# {obj.__module__}.{obj.__qualname__}  ({_where(obj)})"
+    body = highlight(code, PythonLexer(), HtmlFormatter(noclasses=True, nobackground=True))
+    html = (f'<div style="background:#f6f8fa;border-left:3px solid #8ca0b3;padding:4px 8px;'
+            f'overflow-x:auto"><div style="color:#57606a;font-family:monospace;font-size:85%">'
+            f"{escape(where[2:])}</div>{body}</div>")
+    return Shown(f"{where}\n{code.rstrip()}", html=html)
+
+
+def prose(text: str) -> Shown:
+    """Markdown that a code cell renders: how numbers computed by the chapter enter its prose.
+
+    Example: ``prose(f"The chunked scan is {ratio:.1f}x faster.")`` as a cell's last
+    expression. Every front end renders it as Markdown; the plain view is the text itself.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"prose needs non-empty Markdown text, got {text!r:.60}")
+    return Shown(text, markdown=text)
+
+
+def _cell(value, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
+          digits: int = 3, title: str = "") -> Shown:
+    """A table of `rows` (dicts) as Markdown, and as aligned plain text for terminals and nbval.
+
+    Args:
+        rows: one dict per row; every row must hold every column.
+        columns: the keys to show, in order (default: the first row's keys).
+        digits: significant digits of floats.
+        title: optional bold line above the table.
+
+    Returns:
+        A `Shown` that front ends draw as a Markdown table.
+    """
+    if not rows:
+        raise ValueError("table needs at least one row (a dict per row)")
+    columns = list(rows[0]) if columns is None else list(columns)
+    missing = [c for c in columns if any(c not in row for row in rows)]
+    if missing:
+        raise KeyError(f"table: columns {missing} are missing from some rows")
+    cells = [[_cell(row[c], digits) for c in columns] for row in rows]
+    widths = [max(len(str(c)), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    plain = [" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
+    plain += [" ".join(f"{v:>{w}}" for v, w in zip(r, widths, strict=True)) for r in cells]
+    markdown = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    markdown += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in cells]
+    head = [f"**{title}**", ""] if title else []
+    return Shown("\n".join(([title] if title else []) + plain),
+                 markdown="\n".join(head + markdown))

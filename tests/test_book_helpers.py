@@ -1,0 +1,116 @@
+"""The book's helpers: package source, prose and tables drawn alike in every front end; the Colab
+setup cell and its one pip source."""
+
+import inspect
+import json
+
+import pytest
+from IPython.core.inputtransformer2 import TransformerManager
+from IPython.core.interactiveshell import InteractiveShell
+
+from mambaadv2_ref.viz import colab
+from mambaadv2_ref.viz.chapter import ChapterEnv, prose, setup_chapter, show_source, table
+
+
+def formatted(obj) -> dict:
+    """What IPython sends a front end for `obj` as a cell's last expression (mime -> text)."""
+    data, _ = InteractiveShell.instance().display_formatter.format(obj)
+    return data
+
+
+def test_show_source_highlights_and_keeps_the_source_as_plain_text():
+    data = formatted(show_source(setup_chapter))
+    plain, html = data["text/plain"], data["text/html"]
+    assert plain.splitlines()[0].startswith(
+        "# mambaadv2_ref.viz.chapter.setup_chapter  (mambaadv2_ref/viz/chapter.py, line ")
+    assert plain.split("\n", 1)[1] == inspect.getsource(setup_chapter).rstrip("\n")
+    assert "<span style=" in html and "setup_chapter" in html and "-&gt;" in html
+    line = inspect.getsourcelines(setup_chapter)[1]
+    assert f"line {line})" in plain
+
+
+def test_show_source_takes_classes_methods_and_properties():
+    assert formatted(show_source(ChapterEnv))["text/plain"].split("\n")[1].startswith(
+        "@dataclass(frozen=True)")
+    method = formatted(show_source(ChapterEnv.summary))["text/plain"]
+    assert method.split("\n")[1] == "def summary(self) -> str:"  # dedented
+
+
+def test_show_source_rejects_what_has_no_single_source():
+    with pytest.raises(TypeError, match="function, method or class"):
+        show_source(json)
+    with pytest.raises(TypeError, match="function, method or class"):
+        show_source(42)
+
+
+def test_prose_renders_markdown_and_prints_as_itself():
+    data = formatted(prose("profile **tiny**, 128 px"))
+    assert data["text/markdown"] == data["text/plain"] == "profile **tiny**, 128 px"
+    with pytest.raises(ValueError, match="non-empty"):
+        prose("  ")
+
+
+def test_table_is_markdown_and_aligned_plain_text():
+    rows = [{"curve": "hilbert", "jump": 1.23456}, {"curve": "z|order", "jump": 10.0}]
+    data = formatted(table(rows, title="Locality"))
+    assert data["text/markdown"].splitlines() == [
+        "**Locality**", "", "| curve | jump |", "|---|---|", "| hilbert | 1.23 |",
+        "| z\\|order | 10 |"]
+    assert data["text/plain"].splitlines() == [
+        "Locality", "  curve jump", "hilbert 1.23", "z|order   10"]
+    with pytest.raises(KeyError, match="jump"):
+        table([{"curve": "a"}], columns=["curve", "jump"])
+    with pytest.raises(ValueError, match="at least one row"):
+        table([])
+
+
+def write_config(tmp_path, repository: str) -> str:
+    path = tmp_path / "_config.yml"
+    path.write_text(f"title: t\nrepository:\n{repository}")
+    return str(path)
+
+
+def test_repository_source_is_the_one_pip_setting(tmp_path):
+    assert colab.repository_source(write_config(tmp_path, "  url: ''\n  branch: main\n")) == ""
+    url = "  url: https://github.com/owner/repo\n  branch: dev\n"
+    assert colab.repository_source(write_config(tmp_path, url)) == \
+        "git+https://github.com/owner/repo@dev"
+    with pytest.raises(ValueError, match="repository.url"):
+        colab.repository_source(write_config(tmp_path, "  url: github.com/owner/repo\n"))
+    with pytest.raises(FileNotFoundError, match="_config.yml"):
+        colab.repository_source(tmp_path / "missing" / "_config.yml")
+
+
+def test_setup_cell_is_valid_ipython_and_installs_from_the_source():
+    cell = colab.setup_cell_source("git+https://github.com/owner/repo@main")
+    python = TransformerManager().transform_cell(cell)
+    compile(python, "setup-cell", "exec")
+    assert "get_ipython().run_line_magic('pip'" in python
+    assert '"MAMBAADV2_REF_PIP", "git+https://github.com/owner/repo@main"' in cell
+    assert "mambaadv2-ref[offline-weights] @ {source}" in cell
+    assert all(len(line) <= 100 for line in cell.splitlines())
+
+
+def test_write_setup_cells_inserts_once_first_and_tagged(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    chapter = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Title"]}],
+               "metadata": {}, "nbformat": 4, "nbformat_minor": 4}
+    (book / "00_a.ipynb").write_text(json.dumps(chapter))
+    config = write_config(tmp_path, "  url: ''\n")
+    assert colab.write_setup_cells(book, config) == [book / "00_a.ipynb"]
+    assert colab.write_setup_cells(book, config) == []  # already there: unchanged
+    cells = json.loads((book / "00_a.ipynb").read_text())["cells"]
+    assert len(cells) == 2 and cells[0]["metadata"]["tags"] == ["remove-cell"]
+    assert "".join(cells[0]["source"]) == colab.setup_cell_source("")
+    with pytest.raises(FileNotFoundError, match="no chapter"):
+        colab.write_setup_cells(tmp_path / "missing", config)
+
+
+def test_install_mamba_ssm_without_a_gpu_says_which_scans_run(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert colab.install_mamba_ssm() is False
+    assert "pure-PyTorch scans" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="timeout_s"):
+        colab.install_mamba_ssm(timeout_s=0)
