@@ -1,0 +1,112 @@
+"""The Colab route, end to end: a chapter opened alone in a Python that has only torch.
+
+Builds the wheel, makes a fresh virtual environment with torch and what Colab ships with
+(IPython's kernel, ipywidgets), stubs the `google.colab` module (imported at kernel start, as in
+Colab), points $MAMBAADV2_REF_PIP at the wheel, and executes chapter 0 and chapter 7 with nbclient
+outside Sphinx, each copied alone into an empty folder (a Colab runtime has no repository). Their
+first cell must install the package from the wheel, keep torch, and say that the pure-PyTorch
+scans run (no GPU here).
+
+Takes a few minutes (the venv and its installs): marked `slow`; `.ci/test.sh` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = ("00_how_to_use.ipynb", "07_hss_block.ipynb")
+COLAB_SHIPS = ["ipykernel", "ipywidgets", "nbclient", "nbformat"]
+
+pytestmark = pytest.mark.slow
+
+RUN_CHAPTER = """
+import sys
+import nbclient, nbformat
+path = sys.argv[1]
+notebook = nbformat.read(path, as_version=4)
+nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+nbformat.write(notebook, path)
+"""
+WHERE = ("import mambaadv2_ref, torch\n"
+         "print('package at', mambaadv2_ref.__file__, torch.__version__)")
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
+    assert done.returncode == 0, \
+        f"{command[:4]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def torch_spec() -> str:
+    """A CPU-only torch wheel from pip's local find-links when there is one, else `torch`.
+
+    The CUDA build pulls about 4 GB of NVIDIA libraries, which this test does not need.
+    """
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    links = os.environ.get("PIP_FIND_LINKS", "").split()
+    wheels = sorted(w for link in links if Path(link).is_dir()
+                    for w in Path(link).glob(f"torch-*+cpu-{tag}-{tag}-*.whl"))
+    return str(wheels[-1]) if wheels else "torch"
+
+
+@pytest.fixture(scope="module")
+def colab_like(tmp_path_factory) -> dict:
+    """A venv with only torch and Colab's kernel, the package's wheel, and the Colab stub."""
+    work = tmp_path_factory.mktemp("colab")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(work / "dist"), str(ROOT)])
+    (wheel,) = (work / "dist").glob("mambaadv2_ref-*.whl")
+    run([sys.executable, "-m", "venv", str(work / "venv")])
+    python = str(work / "venv" / "bin" / "python")
+    run([python, "-m", "pip", "install", "-q", "--no-compile", torch_spec(), *COLAB_SHIPS])
+    stub = work / "stub" / "google" / "colab"
+    stub.mkdir(parents=True)
+    (stub.parent / "__init__.py").write_text("")
+    (stub / "__init__.py").write_text('"""Stand-in for Colab\'s module (tests only)."""\n')
+    startup = work / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-colab.py").write_text("import google.colab  # noqa: F401\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PYTHONPATH=str(work / "stub"), IPYTHONDIR=str(work / "ipython"),
+               MAMBAADV2_REF_PIP=str(wheel), MAMBAADV2_PROFILE="tiny", OMP_NUM_THREADS="1",
+               PIP_NO_COMPILE="1",  # byte-compiling torch and scipy takes longer than the test
+               MPLBACKEND="module://matplotlib_inline.backend_inline")
+    return {"work": work, "python": python, "env": env}
+
+
+def outputs_text(notebook: dict) -> str:
+    texts = []
+    for cell in notebook["cells"]:
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", "") if isinstance(out.get("text"), str)
+                         else "".join(out.get("text", [])))
+            texts.append("".join(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_runs_alone_from_the_wheel(colab_like, chapter):
+    runtime = colab_like["work"] / f"content_{chapter[:2]}"  # Colab's /content: only the notebook
+    runtime.mkdir()
+    notebook = json.loads((ROOT / "book" / chapter).read_text())
+    notebook["cells"].append({"cell_type": "code", "execution_count": None, "metadata": {},
+                              "outputs": [], "source": WHERE})
+    path = runtime / chapter
+    path.write_text(json.dumps(notebook))
+    run([colab_like["python"], "-c", RUN_CHAPTER, str(path)], cwd=runtime, env=colab_like["env"])
+    executed = json.loads(path.read_text())
+    setup_output = outputs_text({"cells": executed["cells"][:1]})
+    assert "pure-PyTorch scans" in setup_output, setup_output[-1500:]
+    last = outputs_text({"cells": executed["cells"][-1:]})
+    assert "site-packages/mambaadv2_ref/__init__.py" in last, last
+    assert str(ROOT) not in last
+    shutil.rmtree(runtime / "__pycache__", ignore_errors=True)
