@@ -62,8 +62,13 @@ def torch_spec() -> str:
 def colab_like(tmp_path_factory) -> dict:
     """A venv with only torch and Colab's kernel, the package's wheel, and the Colab stub."""
     work = tmp_path_factory.mktemp("colab")
+    source = work / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(ROOT / "mambaadv2_ref", source / "mambaadv2_ref",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(work / "dist"), str(ROOT)])
+         "-w", str(work / "dist"), str(source)])
     (wheel,) = (work / "dist").glob("mambaadv2_ref-*.whl")
     run([sys.executable, "-m", "venv", str(work / "venv")])
     python = str(work / "venv" / "bin" / "python")
@@ -109,4 +114,3 @@ def test_chapter_runs_alone_from_the_wheel(colab_like, chapter):
     last = outputs_text({"cells": executed["cells"][-1:]})
     assert "site-packages/mambaadv2_ref/__init__.py" in last, last
     assert str(ROOT) not in last
-    shutil.rmtree(runtime / "__pycache__", ignore_errors=True)
