@@ -114,3 +114,44 @@ def test_install_mamba_ssm_without_a_gpu_says_which_scans_run(capsys, monkeypatc
     assert "pure-PyTorch scans" in capsys.readouterr().out
     with pytest.raises(ValueError, match="timeout_s"):
         colab.install_mamba_ssm(timeout_s=0)
+
+
+def book_html():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "_ext"))
+    try:
+        return importlib.import_module("book_html")
+    finally:
+        sys.path.pop(0)
+
+
+class FakeConfig:
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def test_colab_launch_button_only_with_a_repository_url():
+    ext = book_html()
+    buttons = {"colab_url": "https://colab.research.google.com", "notebook_interface": "x"}
+    config = FakeConfig(html_theme_options={"repository_url": "", "launch_buttons": buttons})
+    ext.launch_buttons_need_repository(config)
+    assert config.html_theme_options["launch_buttons"] == {"notebook_interface": "x"}
+    url = "https://github.com/owner/repo"
+    config = FakeConfig(html_theme_options={"repository_url": url, "launch_buttons": buttons})
+    ext.launch_buttons_need_repository(config)
+    assert config.html_theme_options["launch_buttons"] == buttons
+
+
+def test_widget_scripts_served_from_the_build_when_present(tmp_path):
+    ext = book_html()
+    config = FakeConfig(html_static_path=["_static"], nb_ipywidgets_js={"https://cdn/x.js": {}})
+    assert ext.use_local_widget_js(config, tmp_path) is False
+    assert config.nb_ipywidgets_js == {"https://cdn/x.js": {}}
+    for name in ext.WIDGET_JS:
+        (tmp_path / name).write_text("//")
+    assert ext.use_local_widget_js(config, tmp_path) is True
+    assert config.html_static_path == ["_static", str(tmp_path)]
+    assert not any("://" in src for src in config.nb_ipywidgets_js)
