@@ -61,7 +61,7 @@ def link_installed(name: str, site: Path, done: set[str]) -> None:
         return
     done.add(key)
     root = Path(dist.locate_file(""))
-    for top in {Path(f).parts[0] for f in dist.files or []} - {".."}:
+    for top in {Path(f).parts[0] for f in dist.files or []} - {"..", "__pycache__"}:
         if not (site / top).exists():
             (site / top).symlink_to(root / top)
     for line in dist.requires or []:

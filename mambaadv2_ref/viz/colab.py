@@ -11,7 +11,7 @@ With a URL, the cell runs ``pip install "mambaadv2-ref[offline-weights] @ git+UR
 book's Colab launch buttons point to the same repository (`book/_ext/book_html.py`). Without one,
 or to try another build, set the environment variable ``MAMBAADV2_REF_PIP`` (in Colab:
 ``%env MAMBAADV2_REF_PIP=/content/mambaadv2_ref-0.1.0-py3-none-any.whl``) to a wheel, an sdist or a
-``git+`` URL. Colab's own torch is kept (a pip constraint pins the installed version). Then
+``git+`` URL. Colab's own torch is kept (a pip constraint pins its installed version). Then
 `install_mamba_ssm` tries mamba-ssm's GPU kernels, with a time limit, and says plainly when the
 book falls back to the pure-PyTorch scans.
 
@@ -66,15 +66,14 @@ import sys
 if "google.colab" in sys.modules:
     import os
     import pathlib
-
-    import torch
+    from importlib.metadata import version
 
     source = os.environ.get("{PIP_SPEC_ENV}", "{source}")
     if not source:
         raise RuntimeError("set {PIP_SPEC_ENV} to a wheel, sdist or git+ URL of the package")
     if "://" not in source:  # a wheel or sdist on disk
         source = pathlib.Path(source).resolve().as_uri()
-    pathlib.Path("/tmp/keep_torch.txt").write_text(f"torch=={{torch.__version__}}\\n")
+    pathlib.Path("/tmp/keep_torch.txt").write_text(f"torch=={{version('torch')}}\\n")
     %pip install -q -c /tmp/keep_torch.txt "{REQUIREMENT} @ {{source}}"
     from mambaadv2_ref.viz.colab import install_mamba_ssm
     install_mamba_ssm()'''
@@ -97,6 +96,7 @@ def install_mamba_ssm(timeout_s: float = 600.0) -> bool:
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     import importlib
+    import importlib.metadata
 
     import torch
 
@@ -111,7 +111,7 @@ def install_mamba_ssm(timeout_s: float = 600.0) -> bool:
         return False
     print(f"Installing mamba-ssm (at most {timeout_s:.0f} s)...", flush=True)
     constraint = Path("/tmp/keep_torch.txt")
-    constraint.write_text(f"torch=={torch.__version__}\n")
+    constraint.write_text(f"torch=={importlib.metadata.version('torch')}\n")
     pip = [sys.executable, "-m", "pip", "install", "-q", "-c", str(constraint)]
     try:
         subprocess.run([*pip, "packaging", "ninja", "wheel", "setuptools"], check=True,
