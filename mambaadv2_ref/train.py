@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mambaadv2_ref.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, set_rng_state

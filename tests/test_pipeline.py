@@ -5,14 +5,9 @@ import torch
 
 from mambaadv2_ref.checkpoint import load_checkpoint
 from mambaadv2_ref.data import make_tiny_dataset
-from mambaadv2_ref.train import (
-    StepBatchSampler,
-    TrainConfig,
-    config_from_sets,
-    param_groups,
-    step_lr,
-    train,
-)
+from mambaadv2_ref.sampler import StepBatchSampler
+from mambaadv2_ref.train import param_groups, step_lr, train
+from mambaadv2_ref.train_config import TrainConfig, config_from_sets
 
 # the tiny profile shrunk further: 64 px, batch 2, random encoder (no weights needed), a narrow
 # decoder with 2 scan directions
@@ -79,7 +74,7 @@ def test_config_from_sets_routes_and_rejects_keys():
 
 
 def test_bf16_only_where_the_device_computes_it(monkeypatch):
-    from mambaadv2_ref.profiles import use_bf16
+    from mambaadv2_ref.runtime import use_bf16
 
     cpu = torch.device("cpu")
     assert not use_bf16(cpu, "auto") and not use_bf16(cpu, "bf16")

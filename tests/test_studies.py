@@ -50,7 +50,7 @@ def test_unknown_ablation_is_named(tmp_path, capsys):
 
 def test_speed_grid_records_every_combination(tmp_path):
     rows = speed.speed_grid("tiny", device="cpu", iters=1, batch_size=1)
-    assert len(rows) == len(speed.MODELS) * 2 * len(speed.PRECISIONS)
+    assert len(rows) == len(speed.MODELS) * 2 * len(speed.GRID_PRECISIONS)
     for row in rows:
         if row["backend"] == "mamba_ssm":  # no GPU here: recorded with its reason
             assert row["skipped"]

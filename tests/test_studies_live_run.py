@@ -9,6 +9,7 @@ import torch
 
 from mambaadv2_ref.studies import live_run as book_runs
 from mambaadv2_ref.studies import results
+from mambaadv2_ref.tables import markdown_table
 
 
 def test_live_run_config_follows_the_profile(tmp_path):
@@ -37,10 +38,11 @@ def test_committed_results_reads_or_says_missing(tmp_path, monkeypatch):
 
 def test_markdown_table_columns_formats_and_missing_cells():
     rows = [{"model": "v2", "mAD": 0.9512, "steps": 300}, {"model": "v1", "note": "skipped"}]
-    table = results.markdown_table(rows, formats={"mAD": ".1%"})
+    table = markdown_table(rows, formats={"mAD": ".1%"})
     assert table.splitlines() == ["| model | mAD | steps | note |", "|---|---|---|---|",
                                   "| v2 | 95.1% | 300 |  |", "| v1 |  |  | skipped |"]
-    assert results.markdown_table([]) == "(no rows)\n"
+    with pytest.raises(ValueError, match="rows"):
+        markdown_table([])
 
 
 def test_live_batch_fits_the_gpu(monkeypatch):

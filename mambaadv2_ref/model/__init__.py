@@ -12,8 +12,8 @@
 The model config and the profile table live in `mambaadv2_ref.config`.
 """
 
-from mambaadv2_ref.model.anomaly_map import anomaly_maps, gaussian_blur
 from mambaadv2_ref.config import ModelConfig, preset
+from mambaadv2_ref.model.anomaly_map import anomaly_maps, gaussian_blur
 from mambaadv2_ref.model.factory import ADModel, build_model, model_summary
 from mambaadv2_ref.model.loss import reconstruction_loss
 

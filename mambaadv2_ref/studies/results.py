@@ -3,7 +3,8 @@ machine, how they are read back and shown as a markdown table.
 
 The studies write JSON (with date and hardware); the book reads the committed copies in
 `book/results/` of the repository (`RESULTS_DIR`). Every study exports a `load_table(path)` that
-turns its JSON into rows (a list of flat dicts), and `markdown_table(rows)` renders any of them.
+turns its JSON into rows (a list of flat dicts), and `tables.markdown_table(rows)` renders any
+of them.
 """
 
 from __future__ import annotations
@@ -79,35 +80,3 @@ def list_results(results_dir: Path | None = None) -> list[str]:
     """Names of the JSON result files committed under `book/results/`, sorted."""
     folder = Path(results_dir or RESULTS_DIR)
     return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e3 else f"{value:.0f}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value))
-    return "" if value is None else str(value)
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None,
-                   formats: dict | None = None) -> str:
-    """Rows (flat dicts) as a markdown table.
-
-    Args:
-        rows: the rows; a key missing in a row gives an empty cell.
-        columns: columns in order (None: every key, in first-seen order).
-        formats: column -> format spec (e.g. {"mAD": ".1%"}); others: 3 significant digits.
-    """
-    if not rows:
-        return "(no rows)\n"
-    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    formats = formats or {}
-
-    def cell(row: dict, key: str) -> str:
-        value = row.get(key)
-        return format(value, formats[key]) if key in formats and value is not None \
-            else _cell(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r, k) for k in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
