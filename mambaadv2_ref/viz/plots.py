@@ -150,7 +150,7 @@ def ssm_explorer_figure(dt: float, A: float, trap: float = 0.5, angle: float = 0
     M = kernel_matrix(kernel)
     y_mat = M @ u
     kernel, t, y_rec, y_mat, M = (v.numpy() for v in (kernel, t, y_rec, y_mat, M))
-    y_cont = continuous_impulse_response(A_complex, one, one, torch.fromto_numpy(t)).numpy()
+    y_cont = continuous_impulse_response(A_complex, one, one, torch.from_numpy(t)).numpy()
 
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     ax_k, ax_m, ax_y = fig.subplots(1, 3)
