@@ -6,7 +6,7 @@ metrics, mAD, training time and throughput into one table (JSON + markdown); `lo
 reads a committed table back.
 
     python -m mambaadv2_ref.studies.ablations --out runs/ablations --profile small --steps 300 \
-        --data ../shared/data/bsdata --only v2,recurrence_only,matrix_only
+        --data PATH/TO/bsdata --only v2,recurrence_only,matrix_only
 """
 
 from __future__ import annotations
