@@ -1,10 +1,8 @@
 """Every setting in one place: model names, the model config, the tiny/small/paper table.
 
-`PROFILES` is the one table of named sizes: each profile fixes the run settings (image size,
-batch size, default steps; the learning rate follows the batch by `scaled_lr`) and the model
-sizes that go with them. `tiny` runs the whole book on a laptop CPU in minutes, `small` is the
-largest size that trains on a CPU in tens of minutes, `paper` is the paper's setting (256 px,
-batch 16, ResNet-34 and MambaAD's decoder sizes) for a GPU.
+`PROFILES` is the one table of named sizes: run settings (image size, batch, default steps; the
+lr follows the batch by `scaled_lr`) and model sizes. `tiny` runs the book on a laptop CPU in
+minutes, `small` trains on a CPU in tens of minutes, `paper` is the paper's setting for a GPU.
 
 `ModelConfig` fixes everything that shapes the network. Every ablation of the book is one field:
 
@@ -16,11 +14,11 @@ batch 16, ResNet-34 and MambaAD's decoder sizes) for a GPU.
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
                      `num_directions` override every stage when set
+    matrix_impl, checkpoint_matrix, checkpoint_block, backend   how it is computed (same function)
     dwconv, bc_norm, use_fft, local_kernels   the remaining switches
 
-Decoder stages follow MambaAD (book appendix A.1): a depth divisible by 3 gives depth / 3
-modules of 3 blocks, else divisible by 2 gives depth / 2 modules of 2, else one module
-(`modules_per_stage`); stage s works on a grid of (H / 32) 2^s x (W / 32) 2^s (`stage_sizes`).
+Decoder stages follow MambaAD (book appendix A.1.1): `modules_per_stage` splits a depth into
+modules, stage s works on a grid of (H / 32) 2^s x (W / 32) 2^s (`stage_sizes`).
 """
 
 from __future__ import annotations
@@ -34,14 +32,12 @@ from mambaadv2_ref.scans.common import check_positive_int
 
 MODELS = ("mambaadv2", "mambaad")  # the state space detectors (ModelConfig.model)
 DETECTORS = (*MODELS, "patchcore")  # everything train / evaluate / predict accept
-PATH_MODES = ("sum", "gate", "recurrence", "matrix", "attention")
+PATH_MODES = ("sum", "gate", "recurrence", "matrix", "attention")  # attention: scaling baseline
+MATRIX_IMPLS = ("scan", "materialised")  # how the HSS matrix path is computed (same function)
 PRECISIONS = ("auto", "bf16", "fp32")
-__all__ = ["BACKENDS", "DETECTORS", "MODELS", "PATH_MODES", "PRECISIONS", "PROFILES",
-           "ModelConfig", "Profile", "default_profile_name", "get_profile", "modules_per_stage",
-           "preset", "scaled_lr", "stage_sizes"]
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
-COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block")
+COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 
@@ -137,7 +133,9 @@ class ModelConfig:
         chunk_size: Q of the chunked recurrence.
         scan_plan, curve, num_directions: the scanning plan and its overrides.
         path_mode, matrix_causal, matrix_max_tokens: the dual paths of the HSS block.
-        checkpoint_matrix: recompute the matrix path's masks in the backward pass (memory).
+        matrix_impl: "scan" (the matrix path as two linear scans per window, O(L)) or
+            "materialised" (its (window x window) matrix, the slow twin: same function).
+        checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
         rope_fraction: fraction of d_state that the rotary angles turn (Mamba-3: 0.5).
@@ -167,6 +165,7 @@ class ModelConfig:
     path_mode: str = "sum"
     matrix_causal: bool = False
     matrix_max_tokens: int = 1024
+    matrix_impl: str = "scan"
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
     position_aware: bool = True
@@ -188,6 +187,7 @@ class ModelConfig:
         _one_of("model", self.model, MODELS)
         _one_of("path_mode", self.path_mode, PATH_MODES)
         _one_of("backend", self.backend, BACKENDS)
+        _one_of("matrix_impl", self.matrix_impl, MATRIX_IMPLS)
         if len(self.dims) != len(self.depths) or len(self.dims) != 4:
             raise ValueError(f"dims and depths must have 4 stages each, got dims={self.dims}, "
                              f"depths={self.depths}")
