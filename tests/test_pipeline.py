@@ -85,3 +85,21 @@ def test_bf16_only_where_the_device_computes_it(monkeypatch):
         assert use_bf16(cuda, "bf16") and not use_bf16(cuda, "fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         use_bf16(cpu, "fp16")
+
+
+def test_train_runs_train_step(data, tmp_path, monkeypatch):
+    """`train` makes one call of `train_step` per step (the step `bench_model` times)."""
+    from mambaadv2_ref import train as train_module
+
+    calls = []
+    real = train_module.train_step
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", spy)
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=str(data), steps=2, device="cpu",
+                      model_overrides=SMALL_MODEL, **FAST)
+    train(cfg)
+    assert len(calls) == 2
