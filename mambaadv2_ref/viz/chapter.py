@@ -19,7 +19,6 @@ The Colab set-up cell that comes before them is `viz.colab`'s.
 from __future__ import annotations
 
 import inspect
-import random
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -27,10 +26,10 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from mambaadv2_ref.profiles import Profile, get_profile, resolve_device
+from mambaadv2_ref.config import Profile, get_profile
+from mambaadv2_ref.runtime import resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,6 @@ class ChapterEnv:
 def in_colab() -> bool:
     """True when running inside Google Colab (its `google.colab` module is loaded)."""
     return "google.colab" in sys.modules
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's `random`, NumPy and PyTorch (CPU and every GPU)."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def scan_backend_name(device: torch.device) -> str:
