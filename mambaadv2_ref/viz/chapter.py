@@ -11,7 +11,7 @@ terminal, nbval), as a cell's last expression:
 
     show_source(HSS.forward)         the package's own code, highlighted, with its file and line
     prose(f"... {value:.2f} ...")     Markdown whose numbers the cell computed
-    table(rows)                       a Markdown table (aligned plain text where HTML is absent)
+    table(rows)                       a Markdown table (`tables.markdown_table`) in every front end
 
 The Colab set-up cell that comes before them is `viz.colab`'s.
 """
@@ -30,6 +30,7 @@ import torch
 
 from mambaadv2_ref.config import Profile, get_profile
 from mambaadv2_ref.runtime import resolve_device, seed_everything
+from mambaadv2_ref.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -202,37 +203,18 @@ def prose(text: str) -> Shown:
     return Shown(text, markdown=text)
 
 
-def _cell(value, digits: int) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
-          digits: int = 3, title: str = "") -> Shown:
-    """A table of `rows` (dicts) as Markdown, and as aligned plain text for terminals and nbval.
+          formats: Mapping[str, str] | None = None, digits: int = 3, title: str = "") -> Shown:
+    """A table of `rows` (flat dicts) that every front end draws: `tables.markdown_table`'s.
 
     Args:
-        rows: one dict per row; every row must hold every column.
-        columns: the keys to show, in order (default: the first row's keys).
-        digits: significant digits of floats.
+        rows, columns, formats, digits: as `mambaadv2_ref.tables.markdown_table`.
         title: optional bold line above the table.
 
     Returns:
-        A `Shown` that front ends draw as a Markdown table.
+        A `Shown`: Markdown where it renders, the same pipe table as plain text elsewhere.
     """
-    if not rows:
-        raise ValueError("table needs at least one row (a dict per row)")
-    columns = list(rows[0]) if columns is None else list(columns)
-    missing = [c for c in columns if any(c not in row for row in rows)]
-    if missing:
-        raise KeyError(f"table: columns {missing} are missing from some rows")
-    cells = [[_cell(row[c], digits) for c in columns] for row in rows]
-    widths = [max(len(str(c)), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    plain = [" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
-    plain += [" ".join(f"{v:>{w}}" for v, w in zip(r, widths, strict=True)) for r in cells]
-    markdown = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    markdown += ["| " + " | ".join(v.replace("|", "\\|") for v in r) + " |" for r in cells]
-    head = [f"**{title}**", ""] if title else []
-    return Shown("\n".join(([title] if title else []) + plain),
-                 markdown="\n".join(head + markdown))
+    text = markdown_table(rows, columns, formats, digits)
+    if title:
+        text = f"**{title}**\n\n{text}"
+    return Shown(text, markdown=text)
