@@ -18,16 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
 MYST_ONLY = {
-    "directive (```{name} or ~~~{name})": r"^\s*(`{3,}|~{3,})\s*\{[^}\n]*\}",
-    "colon fence (:::)": r"^\s*:{3,}",
+    "directive (```{name} or ~~~{name})": r"^[ \t]*(`{3,}|~{3,})[ \t]*\{[^}\n]*\}",
+    "colon fence (:::)": r"^[ \t]*:{3,}",
     "role ({name}`...`)": r"\{[A-Za-z][\w:.+-]*\}`",
-    "target label ((name)=)": r"^\s*\([^()\s]+\)=\s*$",
+    "target label ((name)=)": r"^[ \t]*\([^()\s]+\)=[ \t]*$",
     "equation label ($$ (name))": r"\$\$\s*\([^()\s]+\)\s*$",
     "substitution ({{ name }})": r"\{\{[^{}\n]*\}\}",
     "comment (% at line start)": r"^%(\s|$)",
     "block break (+++)": r"^\+\+\+",
 }
-PLAIN_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(?!\s*\{)[^\n]*\n.*?^\1\2\s*$", re.M | re.S)
+PLAIN_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(?![ \t]*\{)[^\n]*\n.*?^\1\2\s*$", re.M | re.S)
 
 
 def myst_only(markdown: str) -> list[str]:
