@@ -200,6 +200,7 @@ def prose(text: str) -> Shown:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"prose needs non-empty Markdown text, got {text!r:.60}")
+    text = text.strip()
     return Shown(text, markdown=text)
 
 
