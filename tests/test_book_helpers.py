@@ -152,3 +152,20 @@ def test_widget_scripts_served_from_the_build_when_present(tmp_path):
     assert ext.use_local_widget_js(config, tmp_path) is True
     assert config.html_static_path == ["_static", str(tmp_path)]
     assert not any("://" in src for src in config.nb_ipywidgets_js)
+
+
+def test_results_table_reads_a_study_file_or_says_it_is_missing(tmp_path):
+    from mambaadv2_ref.studies import scan_bench
+    from mambaadv2_ref.viz.chapter import results_table
+
+    entry = {"shape": {"scan": "ssd", "length": 64, "batch": 2},
+             "methods": {"sequential": {"ms": 1.5, "batch": 2}, "mamba_ssm": {"error": "no GPU"}}}
+    (tmp_path / "bench.json").write_text(json.dumps({"shapes": [entry]}))
+    shown = formatted(results_table(scan_bench, "bench.json", results_dir=tmp_path,
+                                    columns=["scan", "method", "ms", "note"]))
+    assert shown["text/markdown"].splitlines()[2:] == ["| ssd | sequential | 1.5 |  |",
+                                                        "| ssd | mamba_ssm |  | no GPU |"]
+    missing = formatted(results_table(scan_bench, "absent.json", results_dir=tmp_path))
+    assert missing["text/plain"] == "absent.json is not committed yet: nothing to show."
+    with pytest.raises(TypeError, match="load_table"):
+        results_table(json, "bench.json")

@@ -219,3 +219,29 @@ def table(rows: Sequence[Mapping], columns: Sequence[str] | None = None,
     if title:
         text = f"**{title}**\n\n{text}"
     return Shown(text, markdown=text)
+
+
+def results_table(study, name: str, title: str = "", results_dir: Path | None = None,
+                  **options) -> Shown:
+    """A committed results file of a study, as a table of its `load_table` rows.
+
+    Args:
+        study: the study module (e.g. `mambaadv2_ref.studies.scan_bench`), which exports
+            `load_table(path) -> list[dict]`.
+        name: the file in `book/results/` (e.g. "scan_bench_cpu.json").
+        title: optional bold line above the table.
+        results_dir: folder to read (None: the repository's `book/results/`).
+        options: `columns`, `formats`, `digits` of `table`.
+
+    Returns:
+        The table, or one line saying that the file is not committed (the book invents nothing).
+    """
+    from mambaadv2_ref.studies.results import RESULTS_DIR
+
+    if not callable(getattr(study, "load_table", None)):
+        raise TypeError(f"study must be a study module with load_table(path), got {study!r:.60}")
+    path = Path(results_dir or RESULTS_DIR) / name
+    if not path.is_file():
+        line = f"{name} is not committed yet: nothing to show."
+        return Shown(line, markdown=f"*{line}*")
+    return table(study.load_table(path), title=title, **options)
