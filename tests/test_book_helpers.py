@@ -169,3 +169,14 @@ def test_results_table_reads_a_study_file_or_says_it_is_missing(tmp_path):
     assert missing["text/plain"] == "absent.json is not committed yet: nothing to show."
     with pytest.raises(TypeError, match="load_table"):
         results_table(json, "bench.json")
+
+
+def test_show_source_takes_a_dotted_name():
+    by_name = formatted(show_source("mambaadv2_ref.viz.chapter.ChapterEnv.summary"))
+    assert by_name == formatted(show_source(ChapterEnv.summary))
+    assert formatted(show_source("mambaadv2_ref.viz.chapter.setup_chapter"))["text/plain"] == \
+        formatted(show_source(setup_chapter))["text/plain"]
+    with pytest.raises(ValueError, match="names no function or class"):
+        show_source("mambaadv2_ref.viz.chapter.no_such_function")
+    with pytest.raises(ValueError, match="names no function or class"):
+        show_source("no_such_package.thing")

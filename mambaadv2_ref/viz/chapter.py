@@ -160,6 +160,27 @@ def _where(obj) -> str:
     return f"{path.as_posix()}, line {inspect.getsourcelines(target)[1]}"
 
 
+def _resolve(dotted: str):
+    """The object named by a dotted path: the longest importable module, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = inspect.getattr_static(obj, name) if inspect.isclass(obj) else \
+                    getattr(obj, name)
+        except AttributeError:
+            break
+        return obj
+    raise ValueError(f"show_source: {dotted!r} names no function or class of an importable "
+                     "module (expected e.g. 'mambaadv2_ref.blocks.hss.HSS.forward')")
+
+
 def show_source(obj) -> Shown:
     """The source of a function, method or class of the package, highlighted, with its place.
 
@@ -169,13 +190,18 @@ def show_source(obj) -> Shown:
     same source as text, for nbval, terminals and front ends without HTML.
 
     Args:
-        obj: a function, method, property or class (not a module or an instance).
+        obj: a function, method, property or class (not a module or an instance), or its
+            dotted name, e.g. ``"mambaadv2_ref.blocks.hss.HSS.forward"`` (no import needed).
 
     Returns:
         A `Shown`: the cell's last expression displays it.
     """
+    if isinstance(obj, str):
+        obj = _resolve(obj)
     if isinstance(obj, property):
         obj = obj.fget
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
     if not (inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj)):
         raise TypeError(f"show_source needs a function, method or class, got {type(obj).__name__}"
                         f" ({obj!r:.60})")
