@@ -8,9 +8,36 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from mambaadv2_ref.data import MVTecDataset, check_dataset
+from mambaadv2_ref.data.transforms import denormalise, load_image, load_mask
 from mambaadv2_ref.scans import backends
+
+
+def _save(path: Path, image: Image.Image | np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (Image.fromarray(image) if isinstance(image, np.ndarray) else image).save(path)
+    return path
+
+
+def _square_mask(size: int = 16) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:8, 4:8] = 255
+    return mask
+
+
+def _tiny_root(root: Path) -> Path:
+    """class w: two train images, one good and one crack test image (with a 0/255 mask)."""
+    rng = np.random.default_rng(0)
+    for rel in ("w/train/good/000.png", "w/train/good/001.png", "w/test/good/000.png",
+                "w/test/crack/000.png"):
+        _save(root / rel, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    _save(root / "w/ground_truth/crack/000_mask.png", _square_mask())
+    return root
 
 
 def _write_stub_mamba_ssm(root: Path) -> None:
@@ -45,3 +72,61 @@ def test_mamba_ssm_without_its_cuda_extension_is_reported_not_raised(tmp_path, m
     for kernel in ("mamba_ssm_s6", "mamba_ssm_ssd", "mamba_ssm_mamba3"):
         ok, reason = report[kernel]
         assert not ok and "selective_scan_cuda" in reason, (kernel, reason)
+
+
+def test_16bit_grey_png_is_scaled_not_clipped_white(tmp_path):
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    path = _save(tmp_path / "deep.png", ramp)
+    with Image.open(path) as img:
+        assert img.mode in ("I;16", "I")  # what PIL makes of a 16-bit grey PNG
+    x = denormalise(load_image(path, 16))
+    for channel in x:  # the grey values in all three channels
+        torch.testing.assert_close(channel, torch.from_numpy(ramp / 65535.0).float(),
+                                   atol=1e-4, rtol=0)
+    assert x.mean() == pytest.approx(0.5, abs=1e-3)  # not all white
+
+
+def test_palette_and_coloured_masks_keep_their_defect_pixels(tmp_path):
+    labels = np.zeros((16, 16), np.uint8)
+    labels[4:8, 4:8] = 1  # dark red: grey level 38, lost by the old convert("L") > 127
+    palette = Image.fromarray(labels, mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0])
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[4:8, 4:8] = (0, 0, 90)
+    expected = torch.from_numpy(_square_mask() > 0).float()[None]
+    for name, image in (("palette.png", palette), ("colour.png", colour)):
+        assert torch.equal(load_mask(_save(tmp_path / name, image), 16), expected), name
+
+
+def test_mask_that_is_not_binary_interpretable_is_refused_naming_it(tmp_path):
+    blurred = np.zeros((16, 16), np.uint8)
+    blurred[4:8, 4:8] = 255
+    blurred[3, 4:8] = 90  # an anti-aliased edge
+    blurred[8, 4:8] = 20
+    path = _save(tmp_path / "soft_mask.png", blurred)
+    with pytest.raises(ValueError, match=r"soft_mask\.png.*not binary"):
+        load_mask(path, 16)
+
+
+def test_check_dataset_names_every_bad_file_before_any_work(tmp_path):
+    root = _tiny_root(tmp_path)
+    assert check_dataset(root, progress=False) == {"files": 5, "images": 4, "masks": 1}
+    (root / "w/train/good/001.png").write_bytes(b"not a png")  # corrupt
+    good = root / "w/test/good/000.png"
+    good.write_bytes(good.read_bytes()[:60])  # truncated
+    _save(root / "w/ground_truth/crack/000_mask.png", np.zeros((9, 16), np.uint8))  # wrong size
+    with pytest.raises(ValueError, match="3 bad file") as err:
+        check_dataset(root, progress=False)
+    message = str(err.value)
+    for name in ("train/good/001.png", "test/good/000.png", "000_mask.png' is 16x9"):
+        assert name in message, (name, message)
+    with pytest.raises(ValueError, match="1 bad file"):
+        check_dataset(root, splits=("train",), progress=False)
+
+
+def test_unreadable_image_sampled_by_the_dataset_is_named(tmp_path):
+    root = _tiny_root(tmp_path)
+    (root / "w/train/good/001.png").write_bytes(b"")
+    dataset = MVTecDataset(root, split="train", image_size=16)
+    with pytest.raises(ValueError, match=r"001\.png.*cannot be read"):
+        dataset[1]
