@@ -15,6 +15,15 @@ from PIL import Image
 
 from mambaadv2_ref.data import MVTecDataset, check_dataset
 from mambaadv2_ref.data.transforms import denormalise, load_image, load_mask
+from mambaadv2_ref.metrics import (
+    ALL_KEYS,
+    aggregate,
+    aupro,
+    aupro_mvtec,
+    compute_metrics,
+    covered_classes,
+    undefined_metrics,
+)
 from mambaadv2_ref.scans import backends
 
 
@@ -130,3 +139,31 @@ def test_unreadable_image_sampled_by_the_dataset_is_named(tmp_path):
     dataset = MVTecDataset(root, split="train", image_size=16)
     with pytest.raises(ValueError, match=r"001\.png.*cannot be read"):
         dataset[1]
+
+
+def test_aupro_raises_on_nan_instead_of_returning_zero():
+    maps = np.random.default_rng(0).random((2, 8, 8))
+    masks = np.zeros((2, 8, 8), bool)
+    masks[1, 2:5, 2:5] = True
+    maps[0, 0, 0] = np.nan
+    for fn in (aupro, aupro_mvtec):
+        with pytest.raises(ValueError, match="maps has 1 NaN/inf"):
+            fn(maps, masks)
+
+
+def test_one_label_class_is_marked_undefined_not_failing_all_classes():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[2:, 2:5, 2:5] = 1
+    maps = rng.random((4, 8, 8)) + masks
+    scores = maps.reshape(4, -1).max(1)
+    labels = np.array([0, 0, 1, 1])
+    only_good = compute_metrics(scores[:2], labels[:2], maps[:2], masks[:2], undefined="mark")
+    assert undefined_metrics(labels[:2], masks[:2])["I-AUROC"] == "no anomalous test image"
+    assert all(np.isnan(only_good[k]) for k in ALL_KEYS)
+    both = compute_metrics(scores, labels, maps, masks, undefined="mark")
+    mean = aggregate({"good_only": only_good, "both": both})
+    assert mean == pytest.approx(both) and covered_classes({"a": only_good, "b": both}) == {
+        k: ["b"] for k in ALL_KEYS}
+    with pytest.raises(ValueError, match="no anomalous"):  # the default still refuses
+        compute_metrics(scores[:2], labels[:2], maps[:2], masks[:2])
