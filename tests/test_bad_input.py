@@ -5,6 +5,7 @@ Every test writes its own tiny real files with PIL in tmp_path; none needs a dat
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from mambaadv2_ref.data import MVTecDataset, check_dataset
 from mambaadv2_ref.data.transforms import denormalise, load_image, load_mask
+from mambaadv2_ref.evaluate import evaluate
 from mambaadv2_ref.metrics import (
     ALL_KEYS,
     aggregate,
@@ -24,6 +26,7 @@ from mambaadv2_ref.metrics import (
     covered_classes,
     undefined_metrics,
 )
+from mambaadv2_ref.predict import predict
 from mambaadv2_ref.scans import backends
 
 
@@ -167,3 +170,196 @@ def test_one_label_class_is_marked_undefined_not_failing_all_classes():
         k: ["b"] for k in ALL_KEYS}
     with pytest.raises(ValueError, match="no anomalous"):  # the default still refuses
         compute_metrics(scores[:2], labels[:2], maps[:2], masks[:2])
+
+
+# --------------------------------------------------------------------- evaluate and predict
+class GreyMapDetector:
+    """A detector double: the anomaly map is the grey value of the normalised image (NaN for
+    images listed in `nan_at`, by call number); counts its calls."""
+
+    def __init__(self, nan_at=()):
+        self.calls, self.nan_at = 0, set(nan_at)
+
+    def anomaly_map(self, images):
+        self.calls += 1
+        maps = images.mean(dim=1)
+        if self.calls in self.nan_at:
+            maps[:, 0, 0] = float("nan")
+        return maps, maps.flatten(1).amax(dim=1)
+
+
+def _use_detector(monkeypatch, root: Path, detector, classes=("w",), step=5):
+    from mambaadv2_ref import evaluate as evaluate_module
+    from mambaadv2_ref import predict as predict_module
+
+    meta = {"train": {"image_size": 16, "classes": list(classes), "data": str(root)},
+            "model": "grey", "step": step}
+    for module in (evaluate_module, predict_module):
+        monkeypatch.setattr(module, "load_detector", lambda run_dir, device: (detector, meta))
+
+
+def test_evaluate_names_a_bad_test_file_before_any_model_work(tmp_path, monkeypatch):
+    root = _tiny_root(tmp_path / "data")
+    (root / "w/test/crack/000.png").write_bytes(b"\x89PNG broken")
+    detector = GreyMapDetector()
+    _use_detector(monkeypatch, root, detector)
+    with pytest.raises(ValueError, match=r"test/crack/000\.png"):
+        evaluate(tmp_path / "run", device="cpu")
+    assert detector.calls == 0
+
+
+def test_evaluate_nan_map_is_an_error_naming_the_image(tmp_path, monkeypatch):
+    root = _tiny_root(tmp_path / "data")
+    _use_detector(monkeypatch, root, GreyMapDetector(nan_at={1}))
+    with pytest.raises(ValueError, match=r"NaN/inf.*test/crack/000\.png"):
+        evaluate(tmp_path / "run", device="cpu", batch_size=1)
+
+
+def test_evaluate_marks_a_one_label_class_and_names_its_aupro_definition(tmp_path, monkeypatch):
+    root = _tiny_root(tmp_path / "data")
+    rng = np.random.default_rng(1)
+    for rel in ("v/train/good/000.png", "v/test/good/000.png", "v/test/good/001.png"):
+        _save(root / rel, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))  # no defect image
+    _use_detector(monkeypatch, root, GreyMapDetector(), classes=("v", "w"))
+    (tmp_path / "run").mkdir()
+    result = evaluate(tmp_path / "run", device="cpu", pixel_method="binned",
+                      aupro_definition="mvtec")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["classes"]["v"]["I-AUROC"] is None and saved["classes"]["w"]["I-AUROC"] >= 0
+    assert saved["undefined"]["v"]["AUPRO"] == "no defect pixel in the masks"
+    assert saved["mean_classes"]["mAD"] == ["w"] and saved["mean"] == saved["classes"]["w"]
+    assert saved["aupro_definition"]["name"] == "mvtec" and saved["pixel_method"] == "binned"
+    assert set(saved["image_thresholds"]) == {"w"} and result["mean"] == saved["mean"]
+    with pytest.raises(ValueError, match="pixel_method"):
+        evaluate(tmp_path / "run", device="cpu", pixel_method="fast")
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(tmp_path / "run", device="cpu", batch_size=0)
+
+
+def test_save_maps_is_atomic_and_removes_stale_temp_files(tmp_path, monkeypatch):
+    root = _tiny_root(tmp_path / "data")
+    _use_detector(monkeypatch, root, GreyMapDetector())
+    maps_dir = tmp_path / "run" / "maps"
+    maps_dir.mkdir(parents=True)
+    stale = maps_dir / ".w.npz.k3j2h1g0.tmp"  # left by a save that was killed
+    stale.write_bytes(b"half")
+    evaluate(tmp_path / "run", device="cpu", save_maps=True)
+    assert not stale.exists()
+    assert len(np.load(maps_dir / "w.npz")["scores"]) == 2
+    before = (maps_dir / "w.npz").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        evaluate(tmp_path / "run", device="cpu", save_maps=True)
+    assert (maps_dir / "w.npz").read_bytes() == before  # the old file, whole
+    assert [p.name for p in maps_dir.iterdir()] == ["w.npz"]  # no temp left
+
+
+def _images_folder(folder: Path, values=(40, 200)) -> Path:
+    for i, v in enumerate(values):
+        _save(folder / f"{i:03d}.png", np.full((16, 16, 3), v, np.uint8))
+    return folder
+
+
+def test_predict_skips_and_names_unreadable_files(tmp_path, monkeypatch, capsys):
+    images = _images_folder(tmp_path / "in")
+    (images / "001b.png").write_bytes(b"no image")
+    _use_detector(monkeypatch, tmp_path, GreyMapDetector())
+    rows = predict(tmp_path / "run", images, tmp_path / "out", device="cpu")
+    assert [Path(r["path"]).name for r in rows] == ["000.png", "001.png"]
+    assert "skipped image" in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["001b.png"]
+    assert len((tmp_path / "out" / "scores.csv").read_text().splitlines()) == 3
+    (images / "000.png").write_bytes(b"")
+    (images / "001.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="none of the 3 file"):
+        predict(tmp_path / "run", images, tmp_path / "out", device="cpu")
+
+
+def test_predict_keeps_every_row_done_when_interrupted(tmp_path, monkeypatch):
+    class StopsAtTheSecond(GreyMapDetector):
+        def anomaly_map(self, images):
+            if self.calls == 1:
+                raise KeyboardInterrupt
+            return super().anomaly_map(images)
+
+    _use_detector(monkeypatch, tmp_path, StopsAtTheSecond())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(
+        {"run": {"step": 5}, "image_thresholds": {"w": 0.0}, "map_range": {"w": [-2.0, 2.0]}}))
+    out = tmp_path / "out"
+    stale = out / ".000.png_overlay.png.a1b2c3d4.tmp"
+    out.mkdir()
+    stale.write_bytes(b"")
+    with pytest.raises(KeyboardInterrupt):
+        predict(tmp_path / "run", _images_folder(tmp_path / "in"), out, device="cpu")
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(str(tmp_path / "in" / "000.png"))
+    assert (out / "000.png_overlay.png").stat().st_size > 0 and not stale.exists()
+
+
+def test_predict_nan_map_is_an_error_naming_the_image(tmp_path, monkeypatch):
+    _use_detector(monkeypatch, tmp_path, GreyMapDetector(nan_at={2}))
+    with pytest.raises(ValueError, match=r"NaN/inf.*001\.png"):
+        predict(tmp_path / "run", _images_folder(tmp_path / "in"), tmp_path / "out", device="cpu")
+
+
+def test_predict_decides_with_the_stored_threshold_or_says_there_is_none(tmp_path, monkeypatch,
+                                                                         capsys):
+    _use_detector(monkeypatch, tmp_path, GreyMapDetector())
+    images = _images_folder(tmp_path / "in")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = predict(run, images, tmp_path / "a", device="cpu")
+    assert "NO THRESHOLD" in capsys.readouterr().out
+    assert all(r["threshold"] == "" and r["is_anomalous"] == "" for r in rows)
+    low, high = (float(r["score"]) for r in rows)
+    metrics = {"run": {"step": 5}, "image_thresholds": {"w": (low + high) / 2}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    rows = predict(run, images, tmp_path / "b", device="cpu")
+    assert [r["is_anomalous"] for r in rows] == [0, 1]
+    metrics["run"]["step"] = 3  # evaluated before training went on
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="step 3 but the checkpoint is at step 5"):
+        predict(run, images, tmp_path / "c", device="cpu")
+
+
+def test_predict_draws_every_overlay_on_one_colour_scale(tmp_path, monkeypatch):
+    from mambaadv2_ref import predict as predict_module
+
+    limits = []
+    original = predict_module.plot_heatmap_overlay
+
+    def recording(*args, **kwargs):
+        fig = original(*args, **kwargs)
+        limits.append(fig.axes[1].images[-1])
+        return fig
+
+    monkeypatch.setattr(predict_module, "plot_heatmap_overlay", recording)
+    _use_detector(monkeypatch, tmp_path, GreyMapDetector())
+    rows = predict(tmp_path / "run", _images_folder(tmp_path / "in"), tmp_path / "out",
+                   device="cpu")
+    scale = json.loads((tmp_path / "out" / "predict.json").read_text())["colour_scale"]
+    assert [im.get_clim() for im in limits] == [(scale["vmin"], scale["vmax"])] * 2
+    low, high = (float(r["score"]) for r in rows)  # flat images: map = score everywhere
+    assert (scale["vmin"], scale["vmax"]) == pytest.approx((low, high))
+    assert scale["source"] == "this call's maps"
+
+
+def test_predict_says_what_it_does_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    from mambaadv2_ref import predict as predict_module
+
+    seen = []
+
+    def load(run_dir, device):
+        seen.append(capsys.readouterr().out)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(predict_module, "load_detector", load)
+    with pytest.raises(ValueError, match="stop here"):
+        predict(tmp_path / "run", _images_folder(tmp_path / "in"), tmp_path / "out", device="cpu")
+    assert seen[0].startswith("predict: scoring 2 image(s)")
