@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mambaadv2_ref.data import MVTecDataset, check_dataset
+from mambaadv2_ref.data import MVTecDataset, check_dataset, dataset_fingerprint
 from mambaadv2_ref.data.transforms import denormalise, load_image, load_mask
 from mambaadv2_ref.evaluate import evaluate
 from mambaadv2_ref.metrics import (
@@ -134,6 +134,21 @@ def test_check_dataset_names_every_bad_file_before_any_work(tmp_path):
         assert name in message, (name, message)
     with pytest.raises(ValueError, match="1 bad file"):
         check_dataset(root, splits=("train",), progress=False)
+
+
+def test_dataset_fingerprint_sees_added_and_rewritten_files_not_the_root(tmp_path):
+    import shutil
+
+    root = _tiny_root(tmp_path / "a")
+    samples = MVTecDataset(root, split="train").samples
+    before = dataset_fingerprint(samples, root)
+    shutil.copytree(root, tmp_path / "b")
+    copy = tmp_path / "b"
+    assert dataset_fingerprint(MVTecDataset(copy, split="train").samples, copy) == before
+    _save(root / "w/train/good/002.png", np.zeros((16, 16, 3), np.uint8))
+    assert dataset_fingerprint(MVTecDataset(root, split="train").samples, root) != before
+    _save(copy / "w/train/good/000.png", np.zeros((16, 16, 3), np.uint8))  # another size
+    assert dataset_fingerprint(MVTecDataset(copy, split="train").samples, copy) != before
 
 
 def test_unreadable_image_sampled_by_the_dataset_is_named(tmp_path):

@@ -6,10 +6,14 @@ mid-training or mid-evaluation, fails here first: a corrupt, truncated or unread
 unsupported image mode, a mask that is not binary-interpretable, a mask whose size differs from
 its image. All problems are collected and raised as one ValueError listing each file. Files
 already checked in this process (same path, size and modification time) are not decoded again.
+
+`dataset_fingerprint(samples, root)` is a short hash of the file names and sizes of a dataset
+(what a resumed run compares, to notice a dataset that changed under it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,3 +102,17 @@ def check_dataset(root: str | Path, classes: str | Sequence[str] | None = None,
                          f"them:\n  {shown}{more}")
     masks = sum(s.mask_path is not None for s in samples)
     return {"files": len(samples) + masks, "images": len(samples), "masks": masks}
+
+
+def dataset_fingerprint(samples: Sequence[Sample], root: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of the sorted (path relative to root, size in bytes) of
+    every image and mask of `samples`: equal for the same files wherever the root lies, different
+    when a file is added, removed, renamed or rewritten with another size.
+
+    Args:
+        samples: e.g. MVTecDataset(...).samples. root: the dataset root they are under.
+    """
+    root = Path(root).resolve()
+    entries = sorted(f"{Path(p).resolve().relative_to(root).as_posix()}\t{os.stat(p).st_size}"
+                     for s in samples for p in (s.path, s.mask_path) if p is not None)
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
