@@ -55,9 +55,9 @@ from mambaadv2_ref.timing import (
 )
 
 METRIC_KEYS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO", "mAD")
-PIXEL_METHODS = {
-    "exact": "every pixel value a threshold; ~30 bytes per test pixel",
-    "binned": "4096-bin histograms; ~5 bytes per test pixel (the kept maps and masks)",
+PIXEL_METHODS = {  # peak memory per test pixel: the kept maps and masks (5 bytes) + the metrics
+    "exact": "every pixel value a threshold; up to ~58 bytes per test pixel (~80 for mvtec AUPRO)",
+    "binned": "4096-bin histograms; ~7 bytes per test pixel",
 }
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # checkpoint.atomic_write's temp files
 
@@ -160,9 +160,10 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         device: "auto", "cpu" or "cuda[:N]".
         batch_size: test batch size (>= 1).
         save_maps: also write RUN_DIR/maps/<cls>.npz (atomically).
-        pixel_method: "exact" (~30 bytes per test pixel: 1725 MVTec AD test images at 256 x 256
-            need ~3.4 GB) or "binned" (4096-bin histograms, ~5 bytes per test pixel, an
-            approximation: P-AUROC/AP/F1max within ~2e-3 of exact in our tests); PIXEL_METHODS.
+        pixel_method: "exact" (up to ~58 bytes per test pixel at peak, measured: 1725 MVTec AD
+            test images at 256 x 256 need ~6.5 GB) or "binned" (4096-bin histograms, ~7 bytes
+            per test pixel, an approximation: P-AUROC/AP/F1max within ~2e-3 of exact in our
+            tests); PIXEL_METHODS.
         aupro_definition: "mambaad" (default, comparable with MambaAD's tables) or "mvtec" (the
             MVTec AD evaluation's); AUPRO_DEFINITIONS. Written into metrics.json.
 

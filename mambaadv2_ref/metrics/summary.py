@@ -106,7 +106,8 @@ def pixel_metrics(
         cls: class name, only for error messages.
         method: "exact" (sort all pixels) or "binned" (histograms of num_bins bins, one image at
             a time: memory-bounded, approximate).
-            Exact memory: ~30 bytes per pixel (the scores, a sort order, counts).
+            Peak memory beyond the inputs, measured on 2.6 M pixels of distinct values: exact
+            ~53 bytes per pixel (~74 with aupro_definition="mvtec"), binned ~2.
         num_bins: bins of the "binned" method. aupro_thresholds: T of metrics.aupro.
         max_fpr: AUPRO's FPR limit.
         aupro_definition: "mambaad" (metrics.aupro with aupro_thresholds) or "mvtec"
