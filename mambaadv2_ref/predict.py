@@ -4,7 +4,7 @@
 appends a row to `scores.csv` (flushed per image, so an interruption keeps every row done) with
 columns path, score, threshold and is_anomalous (score >= threshold; both empty when no threshold
 is stored), and writes `<name>_overlay.png` (the input beside the input overlaid with its anomaly
-map, drawn by `viz.plots.plot_heatmap_overlay`, pixels above the threshold outlined). Every file
+map, drawn by `overlay.plot_heatmap_overlay`, pixels above the threshold outlined). Every file
 is written atomically (temp file + os.replace); stale temp files of an interrupted run are
 removed first. A file that cannot be read is skipped and named (at once, and in predict.json); a
 NaN/inf anomaly map stops with an error naming the image.
@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mambaadv2_ref.checkpoint import atomic_write, load_detector, write_json
+from mambaadv2_ref.checkpoint import atomic_write, write_json
 from mambaadv2_ref.data.mvtec import IMAGE_EXTENSIONS
 from mambaadv2_ref.data.transforms import denormalise, load_image
 from mambaadv2_ref.evaluate import check_finite_maps, remove_stale_temps
-from mambaadv2_ref.profiles import resolve_device
-from mambaadv2_ref.viz.plots import plot_heatmap_overlay
+from mambaadv2_ref.model.detectors import load_detector
+from mambaadv2_ref.overlay import plot_heatmap_overlay
+from mambaadv2_ref.runtime import resolve_device
 
 FIELDS = ("path", "score", "threshold", "is_anomalous")
 

@@ -5,7 +5,7 @@
     outputs: stages 3, 2, 1 at S/4, S/8, S/16, projected (1x1) to the encoder's widths when they
     differ, aligned with the encoder's 3 scales; stage 0 is not supervised.
 
-Implements mambaad_family.md section 1.1 item 3 (MambaUPNet), with v2's DSS modules and a
+Implements book appendix A.1.1 item 3 (MambaUPNet), with v2's DSS modules and a
 per-stage scanning plan. Init as MambaAD: trunc_normal(0.02) on Linear weights, zero biases,
 LayerNorm (1, 0).
 """
@@ -18,21 +18,12 @@ from torch import nn
 from mambaadv2_ref.blocks.common import PatchExpand, drop_path_rates
 from mambaadv2_ref.blocks.dss import DSSModule
 from mambaadv2_ref.blocks.lss import LSSModule
-from mambaadv2_ref.model.config import ModelConfig, modules_per_stage
+from mambaadv2_ref.config import ModelConfig, modules_per_stage
 
 
 def _build_module(cfg: ModelConfig, dim: int, num_blocks: int, plan, drop_path: float):
-    if cfg.model == "mambaad":
-        return LSSModule(dim, num_blocks, plan, cfg.d_state, cfg.expand, drop_path,
-                         cfg.local_kernels, cfg.backend)
-    return DSSModule(dim, num_blocks, plan, drop_path, cfg.local_kernels, cfg.use_fft,
-                     d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand,
-                     ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, path_mode=cfg.path_mode,
-                     matrix_causal=cfg.matrix_causal, matrix_max_tokens=cfg.matrix_max_tokens,
-                     checkpoint_matrix=cfg.checkpoint_matrix,
-                     checkpoint_block=cfg.checkpoint_block, position_aware=cfg.position_aware,
-                     rope_fraction=cfg.rope_fraction,
-                     dwconv=cfg.dwconv, bc_norm=cfg.bc_norm, backend=cfg.backend)
+    module = LSSModule if cfg.model == "mambaad" else DSSModule
+    return module(dim, num_blocks, plan, cfg, drop_path)
 
 
 class Decoder(nn.Module):

@@ -2,11 +2,12 @@
 
 The same fusion + decoder is run at image sizes from 128 to 512 px on random encoder-shaped
 features, for MambaADv2, MambaAD (v1) and a same-width attention decoder (MambaADv2 with
-scaled dot-product attention in place of both SSM paths, `path_mode="attention"`). The growth
-exponent is measured as the slope of log(time) against log(tokens): near 1 is linear, near 2
-quadratic.
+scaled dot-product attention in place of both SSM paths, `attention_baseline.with_attention`).
+The growth exponent is measured as the slope of log(time) against log(tokens): near 1 is
+linear, near 2 quadratic. `load_table(path)` reads a committed scaling.json back, one row per
+decoder and size.
 
-    python -m mambaadv2_ref.studies.scaling --out results/scaling --profile paper
+    python -m mambaadv2_ref.studies.scaling --out runs/scaling --profile paper
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 import torch
 
 from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.config import BACKENDS
 from mambaadv2_ref.model.factory import build_model
-from mambaadv2_ref.profiles import resolve_device
+from mambaadv2_ref.runtime import resolve_device
+from mambaadv2_ref.studies.attention_baseline import with_attention
+from mambaadv2_ref.studies.results import environment, read_json
 from mambaadv2_ref.timing import (
-    environment,
     peak_memory_bytes,
     reset_peak_memory,
     seconds_per_call,
@@ -33,7 +36,7 @@ DECODERS = {
     "mambaadv2": ("mambaadv2", {}),
     "mambaad": ("mambaad", {}),
     # attention ignores the order of tokens, so one direction is enough
-    "attention": ("mambaadv2", {"path_mode": "attention", "num_directions": 1}),
+    "attention": ("mambaadv2", {"num_directions": 1}),
 }
 STRIDES = (4, 8, 16)
 
@@ -49,6 +52,8 @@ def decoder_cost(name: str, profile: str, size: int, batch_size: int, device: to
     model, overrides = DECODERS[name]
     net = build_model(model, profile=profile, pretrained=False, image_size=size,
                       backend=backend, **overrides).to(device)
+    if name == "attention":  # the same decoder with softmax attention as its token mixer
+        with_attention(net)
     feats = [torch.randn(batch_size, c, size // s, size // s, device=device)
              for c, s in zip(net.encoder.channels, STRIDES, strict=True)]
 
@@ -90,6 +95,22 @@ def growth_exponents(rows: list[dict], largest: int | None = None) -> dict[str, 
             for name in sorted({r["decoder"] for r in rows})}
 
 
+def load_table(path) -> list[dict]:
+    """One row per (decoder, size) of a committed scaling.json: decoder, size, tokens, batch,
+    forward_ms, train_ms, train_peak_GiB (or the reason in `note`)."""
+    rows = []
+    for r in read_json(path)["rows"]:
+        row = {"decoder": r["decoder"], "size": r["size"], "tokens": r["tokens"],
+               "batch": r["batch_size"]}
+        if "train_s" in r:
+            row.update(forward_ms=1e3 * r["forward_s"], train_ms=1e3 * r["train_s"],
+                       train_peak_GiB=r["train_peak_memory_bytes"] / 2**30)
+        else:
+            row["note"] = r.get("error", "")
+        rows.append(row)
+    return rows
+
+
 def plot_scaling(rows: list[dict], path: Path) -> None:
     """Log-log time and memory against tokens, one line per decoder, slope in the legend."""
     import matplotlib.pyplot as plt
@@ -125,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decoders", default=",".join(DECODERS))
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "mamba_ssm"),
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="scan backend of the state space decoders")
     parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
     args = parser.parse_args(argv)
