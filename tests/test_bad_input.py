@@ -6,6 +6,7 @@ Every test writes its own tiny real files with PIL in tmp_path; none needs a dat
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -378,3 +379,226 @@ def test_predict_says_what_it_does_before_loading_the_model(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="stop here"):
         predict(tmp_path / "run", _images_folder(tmp_path / "in"), tmp_path / "out", device="cpu")
     assert seen[0].startswith("predict: scoring 2 image(s)")
+
+
+# ------------------------------------------------------------------------------ training
+TRAIN_FAST = {"image_size": 64, "batch_size": 2, "pretrained": False, "log_every": 1,
+              "checkpoint_minutes": 0.0}
+TRAIN_SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
+CLI_FAST = ["--profile", "tiny", "--device", "cpu", "--set", "image_size=64", "--set",
+            "batch_size=2", "--set", "pretrained=false", "--set", "dims=(16, 8, 8, 8)", "--set",
+            "headdim=8", "--set", "d_state=4", "--set", "num_directions=2"]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    from mambaadv2_ref.data import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("train_data"), image_size=64, num_train=4)
+
+
+def _train_cfg(out, data, **changes):
+    from mambaadv2_ref.train_config import TrainConfig
+
+    return TrainConfig(**{"out": str(out), "data": str(data), "steps": 2, "device": "cpu",
+                          "profile": "tiny", **TRAIN_FAST,
+                          "model_overrides": dict(TRAIN_SMALL), **changes})
+
+
+def test_set_booleans_are_typed_and_maybe_is_refused():
+    from mambaadv2_ref.model.detectors import model_config_fields
+    from mambaadv2_ref.train_config import TrainConfig, config_from_sets
+
+    fields = model_config_fields("mambaadv2")
+    for text, expected in (("false", False), ("FALSE", False), ("0", False), ("True", True),
+                           ("1", True)):
+        cfg = config_from_sets(TrainConfig(out="x"), {"use_fft": text, "pretrained": text},
+                               fields)
+        assert cfg.model_overrides["use_fft"] is expected and cfg.pretrained is expected, text
+    with pytest.raises(ValueError, match=r"--set pretrained=maybe: expected true/false/1/0"):
+        config_from_sets(TrainConfig(out="x"), {"pretrained": "maybe"}, fields)
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("batch_size", "0", "batch_size must be a positive int"),
+    ("batch_size", "-1", "batch_size must be a positive int"),
+    ("image_size", "0", "image_size must be a positive int"),
+    ("batch_size", "abc", "--set batch_size=abc: expected int"),
+    ("lr", "abc", "--set lr=abc: expected float"),
+    ("seed", "x", "--set seed=x: expected int"),
+    ("log_every", "0", "log_every must be a positive int"),
+    ("d_state", "1.5", "--set d_state=1.5: expected int"),
+])
+def test_set_bad_numbers_name_the_key(key, text, message):
+    from mambaadv2_ref.config_tools import parse_sets
+    from mambaadv2_ref.model.detectors import model_config_fields
+    from mambaadv2_ref.train_config import TrainConfig, config_from_sets
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_sets(TrainConfig(out="x"), parse_sets([f"{key}={text}"]),
+                         model_config_fields("mambaadv2"))
+
+
+def test_set_model_or_profile_points_to_the_real_flag(capsys):
+    from mambaadv2_ref.cli import main
+
+    for key, flag in (("model", "--model"), ("profile", "--profile")):
+        assert main(["train", "--out", "x", "--set", f"{key}=mambaad"]) == 2
+        assert f"use {flag}" in capsys.readouterr().err
+
+
+def test_train_onto_an_existing_run_needs_force_which_clears_stale_results(tmp_path,
+                                                                           train_data):
+    from mambaadv2_ref.train import train
+
+    out = tmp_path / "run"
+    train(_train_cfg(out, train_data))
+    (out / "metrics.json").write_text("{}")
+    (out / "maps").mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--force"):
+        train(_train_cfg(out, train_data))
+    meta = train(_train_cfg(out, train_data, force=True, steps=1))
+    assert meta["step"] == 1 and not (out / "metrics.json").exists()
+    assert not (out / "maps").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, train_data):
+    from mambaadv2_ref.train import train
+
+    with pytest.raises(ValueError, match="--resume: no checkpoint in"):
+        train(_train_cfg(tmp_path / "empty", train_data, resume=True))
+
+
+def test_out_that_is_a_file_or_read_only_is_refused_before_training(tmp_path, train_data,
+                                                                    monkeypatch):
+    import tempfile as tempfile_module
+
+    from mambaadv2_ref import train as train_module
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        train_module.train(_train_cfg(tmp_path / "file", train_data))
+
+    def read_only(*args, **kwargs):  # what a read-only folder gives (root ignores chmod)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile_module, "TemporaryFile", read_only)
+    monkeypatch.setattr(train_module, "check_dataset", lambda *a, **k: pytest.fail("work done"))
+    with pytest.raises(ValueError, match="is not writable: .*Permission denied"):
+        train_module.train(_train_cfg(tmp_path / "ro", train_data))
+
+
+def test_checkpoints_by_time_by_default_and_by_steps_when_asked(tmp_path, train_data,
+                                                                monkeypatch):
+    from mambaadv2_ref import train as train_module
+    from mambaadv2_ref.train_config import TrainConfig
+
+    assert TrainConfig(out="x").checkpoint_minutes == 10.0
+    assert TrainConfig(out="x").checkpoint_every is None
+    saved = []
+    original = train_module.save_checkpoint
+
+    def record(*args, step, **kwargs):
+        saved.append(step)
+        return original(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", record)
+    train_module.train(_train_cfg(tmp_path / "a", train_data, steps=3))
+    assert saved == [3]  # no interval due: only the end
+    saved.clear()
+    train_module.train(_train_cfg(tmp_path / "b", train_data, steps=3, checkpoint_every=2))
+    assert saved == [2, 3]
+    saved.clear()
+    train_module.train(_train_cfg(tmp_path / "c", train_data, steps=3,
+                                  checkpoint_minutes=1e-9))  # every step is past the interval
+    assert saved == [1, 2, 3]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, train_data, monkeypatch):
+    import os
+    import signal
+
+    from mambaadv2_ref import train as train_module
+    from mambaadv2_ref.checkpoint import load_checkpoint
+
+    original, calls = train_module.train_step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(train_module, "train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    with pytest.raises(train_module.TrainingInterrupted, match="step 2 of 4.*--resume"):
+        train_module.train(_train_cfg(out, train_data, steps=4))
+    assert load_checkpoint(out).step == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert train_module.train(_train_cfg(out, train_data, steps=4, resume=True))["step"] == 4
+
+
+def test_nan_loss_stops_with_exit_2_and_keeps_the_last_good_checkpoint(tmp_path, train_data,
+                                                                      monkeypatch, capsys):
+    from mambaadv2_ref import train as train_module
+    from mambaadv2_ref.checkpoint import load_checkpoint
+    from mambaadv2_ref.cli import main
+
+    original, calls = train_module.train_step, []
+
+    def nan_from_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(train_module, "train_step", nan_from_step_3)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(train_data), "--out", str(out), "--steps", "4",
+                 *CLI_FAST, "--set", "checkpoint_every=2", "--set", "log_every=1"]) == 2
+    err = capsys.readouterr().err
+    assert "NaN/inf between steps 3 and 3" in err and "(step 2) is kept" in err
+    ckpt = load_checkpoint(out)
+    assert ckpt.step == 2 and all(torch.isfinite(v).all() for v in ckpt.state.values()
+                                  if v.is_floating_point())
+
+
+def test_resume_refuses_a_changed_dataset_and_data_is_stored_absolute(tmp_path, train_data,
+                                                                       monkeypatch):
+    import shutil
+
+    from mambaadv2_ref.train import train
+
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    monkeypatch.chdir(tmp_path)
+    meta = train(_train_cfg("run", "data", steps=2, stop_at=1))
+    assert meta["train"]["data"] == str(data.resolve())
+    _save(data / "alpha" / "train" / "good" / "zzz.png", np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="dataset's file names or sizes changed"):
+        train(_train_cfg("run", "data", steps=2, resume=True))
+
+
+def test_bench_model_iters_0_is_refused(capsys):
+    from mambaadv2_ref.cli import main
+    from mambaadv2_ref.studies.speed import bench_model
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "model", "--iters", "0"])
+    assert exit_.value.code == 2 and "--iters: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="iters must be a positive int"):
+        bench_model(iters=0)
+
+
+def test_final_summary_names_the_real_checkpoint_and_step_count(tmp_path, train_data, capsys):
+    from mambaadv2_ref.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(train_data), "--out", str(out), "--steps", "3",
+                 *CLI_FAST, "--set", "stop_at=1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "step 1 of 3" in line and line.endswith(str(out / "checkpoint.json"))
+    assert (out / "checkpoint.json").is_file()
+    assert main(["train", "--data", str(train_data), "--out", str(out), "--steps", "3",
+                 *CLI_FAST, "--set", "stop_at=0"]) == 2
