@@ -15,7 +15,8 @@ state and the RNG states; so 6 steps straight and 3 + resume 3 give identical we
 Safety of a run (each case is an error before any work, or a kept checkpoint):
 - `out` is checked first: a file, a read-only folder, too little free disk for a checkpoint, an
   existing run without `resume`/`force`, `resume=True` without a checkpoint are errors; `force`
-  deletes the old run's checkpoint, metrics.json and maps/ (nothing else) before starting.
+  deletes the old run's checkpoint, metrics.json and maps/ (nothing else) once every check has
+  passed, just before training starts.
 - every image and mask is opened up front (`data.check_dataset`), so a bad file is named now.
 - checkpoints are written every `checkpoint_minutes` (10 by default), every `checkpoint_every`
   steps when given, at the end, and on Ctrl-C (at the end of the step in progress; a second
@@ -81,7 +82,7 @@ def run_files(out: Path) -> list[Path]:
 
 
 def prepare_out(out: str | Path, resume: bool | str, force: bool) -> bool:
-    """Check the run folder before any work; return whether to resume from it.
+    """Check the run folder before any work (deleting nothing); return whether to resume.
 
     Args:
         out: run directory. resume: True, False or "auto" (TrainConfig.resume). force: replace
@@ -101,13 +102,10 @@ def prepare_out(out: str | Path, resume: bool | str, force: bool) -> bool:
         raise ValueError(f"--resume: no checkpoint in {str(out)!r} ({MANIFEST} is missing); "
                          "leave out --resume to start a new run there")
     old = run_files(out) if out.is_dir() else []
-    if not (resume and has_checkpoint) and old:
-        if not force:
-            names = ", ".join(p.name for p in old)
-            raise ValueError(f"--out {str(out)!r} already holds a run ({names}); pass --resume "
-                             "to continue it or --force to replace it")
-        for path in old:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not (resume and has_checkpoint) and old and not force:
+        names = ", ".join(p.name for p in old)
+        raise ValueError(f"--out {str(out)!r} already holds a run ({names}); pass --resume "
+                         "to continue it or --force to replace it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -115,6 +113,12 @@ def prepare_out(out: str | Path, resume: bool | str, force: bool) -> bool:
     except OSError as err:
         raise ValueError(f"--out {str(out)!r} is not writable: {err}") from err
     return bool(resume) and has_checkpoint
+
+
+def clear_run(out: str | Path) -> None:
+    """Delete the files of a previous run in `out` (what `force` replaces; nothing else)."""
+    for path in run_files(Path(out)):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def check_free_space(out: Path, model: torch.nn.Module, with_optimizer: bool) -> None:
@@ -272,6 +276,8 @@ def train(cfg: TrainConfig) -> dict:
             "train_seconds": 0.0, "device": str(device)}
     if rank == 0:
         check_free_space(Path(cfg.out), model, with_optimizer=cfg.model != "patchcore")
+        if cfg.force and not resuming:  # every check passed: only now the old run goes
+            clear_run(cfg.out)
     if cfg.model == "patchcore":
         if world_size > 1:
             raise ValueError("patchcore fits its memory bank in one process; run it without "

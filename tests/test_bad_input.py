@@ -458,6 +458,9 @@ def test_train_onto_an_existing_run_needs_force_which_clears_stale_results(tmp_p
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="already holds a run.*--resume.*--force"):
         train(_train_cfg(out, train_data))
+    with pytest.raises(ValueError, match=r"classes \['nope'\] not found"):
+        train(_train_cfg(out, train_data, force=True, classes=["nope"]))
+    assert (out / "checkpoint.json").is_file()  # a failed --force run deletes nothing
     meta = train(_train_cfg(out, train_data, force=True, steps=1))
     assert meta["step"] == 1 and not (out / "metrics.json").exists()
     assert not (out / "maps").exists() and (out / "notes.txt").read_text() == "mine"
