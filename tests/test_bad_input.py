@@ -473,7 +473,7 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path, train_data):
         train(_train_cfg(tmp_path / "empty", train_data, resume=True))
 
 
-def test_out_that_is_a_file_or_read_only_is_refused_before_training(tmp_path, train_data,
+def test_out_that_is_a_file_read_only_or_full_is_refused_before_training(tmp_path, train_data,
                                                                     monkeypatch):
     import tempfile as tempfile_module
 
@@ -486,6 +486,14 @@ def test_out_that_is_a_file_or_read_only_is_refused_before_training(tmp_path, tr
     def read_only(*args, **kwargs):  # what a read-only folder gives (root ignores chmod)
         raise PermissionError(13, "Permission denied")
 
+    class Usage:
+        free = 1024  # bytes: a full disk
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module.shutil, "disk_usage", lambda path: Usage)
+        m.setattr(train_module, "train_step", lambda *a, **k: pytest.fail("trained"))
+        with pytest.raises(ValueError, match="0 MiB free on its disk, a checkpoint needs"):
+            train_module.train(_train_cfg(tmp_path / "full", train_data))
     monkeypatch.setattr(tempfile_module, "TemporaryFile", read_only)
     monkeypatch.setattr(train_module, "check_dataset", lambda *a, **k: pytest.fail("work done"))
     with pytest.raises(ValueError, match="is not writable: .*Permission denied"):
