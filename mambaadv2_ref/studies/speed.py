@@ -139,7 +139,7 @@ def load_table(path) -> list[dict]:
     combinations keep their reason in `note`."""
     rows = []
     for r in read_json(path)["rows"]:
-        row = {k: r[k] for k in ("model", "backend", "precision")}
+        row = {k: r[k] for k in ("label", "model", "backend", "precision") if k in r}
         if "train_images_per_s" in r:
             row.update(batch=r["batch_size"], train_img_s=r["train_images_per_s"],
                        infer_img_s=r["infer_images_per_s"],
