@@ -169,7 +169,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "bench"
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m mambaadv2_ref` and the `mambaadv2-ref` console script."""
-    from mambaadv2_ref.train import TrainingDiverged, TrainingInterrupted
+    from mambaadv2_ref.run_safety import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
