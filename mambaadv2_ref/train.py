@@ -3,10 +3,8 @@
 Recipe (book appendix A.1): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
 betas 0.9/0.999, wd 1e-4, no weight decay on 1-D parameters and biases); gradient norm clipped at
 5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on GPUs that
-compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere.
-
-One step is `train_step` (forward, loss, backward, clipping, AdamW): `train` runs it on the data,
-`studies.speed.bench_model` times it on random images.
+compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere. One
+step is `train_step`: `train` runs it on the data, `studies.speed.bench_model` on random images.
 
 Exact resume: the batch of step t is a pure function of (seed, t) (`sampler.StepBatchSampler`), the
 learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
