@@ -3,20 +3,31 @@
 Recipe (book appendix A.1): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
 betas 0.9/0.999, wd 1e-4, no weight decay on 1-D parameters and biases); gradient norm clipped at
 5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on GPUs that
-compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere.
-
-One step is `train_step` (forward, loss, backward, clipping, AdamW): `train` runs it on the data,
-`studies.speed.bench_model` times it on random images.
+compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere. One
+step is `train_step`: `train` runs it on the data, `studies.speed.bench_model` on random images.
 
 Exact resume: the batch of step t is a pure function of (seed, t) (`sampler.StepBatchSampler`), the
 learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
 state and the RNG states; so 6 steps straight and 3 + resume 3 give identical weights.
 
-Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
-with `DistributedSampler`, and logs and checkpoints on rank 0 only.
+Safety of a run (`run_safety`; each case is an error before any work, or a kept checkpoint):
+- `out` is checked first: a file, a read-only folder, too little free disk for a checkpoint, an
+  existing run without `resume`/`force`, `resume=True` without a checkpoint are errors; `force`
+  deletes the old run's checkpoint, metrics.json and maps/ (nothing else) once every check has
+  passed, just before training starts.
+- every image and mask is opened up front (`data.check_dataset`), so a bad file is named now.
+- checkpoints are written every `checkpoint_minutes` (10 by default), every `checkpoint_every`
+  steps when given, at the end, and on Ctrl-C (at the end of the step in progress; a second
+  Ctrl-C quits at once), then `TrainingInterrupted` says how to resume.
+- a NaN/inf loss stops training (checked at every log record and before every save) with
+  `TrainingDiverged`; the last checkpoint written before it is kept untouched.
+- the run records the dataset's absolute path and `data.dataset_fingerprint` (file names and
+  sizes); resuming on a changed dataset is an error naming what differs.
 
-Glossary: `num_steps` total optimisation steps; `steps_per_epoch` full batches per epoch and
-rank; `lr` base learning rate; `history` logged (step, loss, lr, images/s) records.
+Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
+with `DistributedSampler`, and logs and checkpoints on rank 0 only. Glossary: `num_steps` total
+steps; `steps_per_epoch` full batches per epoch and rank; `lr` base learning rate; `history`
+logged (step, loss, lr, images/s) records.
 """
 
 from __future__ import annotations
@@ -33,9 +44,22 @@ from tqdm.auto import tqdm
 from mambaadv2_ref.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, set_rng_state
 from mambaadv2_ref.config import get_profile, scaled_lr
 from mambaadv2_ref.config_tools import config_diff
-from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
+from mambaadv2_ref.data import (
+    MVTecDataset,
+    check_dataset,
+    dataset_fingerprint,
+    embedded_dataset_root,
+)
 from mambaadv2_ref.model.detectors import build_detector
 from mambaadv2_ref.model.loss import reconstruction_loss
+from mambaadv2_ref.run_safety import (
+    CtrlC,
+    TrainingInterrupted,
+    check_finite_loss,
+    check_free_space,
+    clear_run,
+    prepare_out,
+)
 from mambaadv2_ref.runtime import resolve_device, seed_everything, use_bf16
 from mambaadv2_ref.sampler import StepBatchSampler
 from mambaadv2_ref.train_config import RESUME_KEYS, TrainConfig
@@ -136,13 +160,21 @@ def train(cfg: TrainConfig) -> dict:
     batch_size = cfg.batch_size or profile.batch_size
     lr = cfg.lr if cfg.lr is not None else scaled_lr(batch_size * world_size)
     seed_everything(cfg.seed)
-    root = Path(cfg.data) if cfg.data else embedded_dataset_root()
+    if rank == 0:
+        resuming = prepare_out(cfg.out, cfg.resume, cfg.force)
+    else:  # rank 0 checks (and with force clears) the folder; a resume needs its checkpoint
+        resuming = bool(cfg.resume) and (Path(cfg.out) / MANIFEST).is_file()
+    root = (Path(cfg.data) if cfg.data else embedded_dataset_root()).resolve()
     dataset = MVTecDataset(root, classes=cfg.classes, split="train", image_size=image_size)
     classes = list(dataset.classes)
+    has_test = all((root / c / "test").is_dir() for c in classes)
+    check_dataset(root, classes, splits=("train", "test") if has_test else ("train",),
+                  progress=rank == 0)
     model = build_detector(cfg.model, profile=profile.name, encoder=cfg.encoder,
                            pretrained=cfg.pretrained,
                            overrides={**cfg.model_overrides, "image_size": image_size}).to(device)
     settings = {"data": str(root), "embedded": cfg.data is None, "classes": classes,
+                "data_fingerprint": dataset_fingerprint(dataset.samples, root),
                 "image_size": image_size, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
                 "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad,
                 "lr_decay_at": cfg.lr_decay_at, "lr_decay": cfg.lr_decay,
@@ -150,6 +182,10 @@ def train(cfg: TrainConfig) -> dict:
     meta = {"model": cfg.model, "model_config": model.config.to_dict(),
             "profile": profile.to_dict(), "train": settings, "history": [],
             "train_seconds": 0.0, "device": str(device)}
+    if rank == 0:
+        check_free_space(Path(cfg.out), model, with_optimizer=cfg.model != "patchcore")
+        if cfg.force and not resuming:  # every check passed: only now the old run goes
+            clear_run(cfg.out)
     if cfg.model == "patchcore":
         if world_size > 1:
             raise ValueError("patchcore fits its memory bank in one process; run it without "
@@ -161,7 +197,7 @@ def train(cfg: TrainConfig) -> dict:
     settings["num_steps"] = num_steps
     optimizer = make_optimizer(model, lr, cfg.weight_decay)
     start = 0
-    if cfg.resume and (Path(cfg.out) / MANIFEST).exists():
+    if resuming:
         start, meta = _resume(cfg, model, optimizer, meta)
     train_model = model
     if world_size > 1:
@@ -176,36 +212,53 @@ def train(cfg: TrainConfig) -> dict:
     bf16 = use_bf16(device, cfg.precision)
     meta["train"]["bf16_autocast"] = bf16
     every = cfg.checkpoint_every
+    seconds_between = 60.0 * cfg.checkpoint_minutes
     model.train()
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc=f"train {cfg.model}")
-    t_run = t_window = time.perf_counter()
+    t_run = t_window = t_saved = time.perf_counter()
+    saved, logged = (start if resuming else None), start
     window_steps, window_images, loss_sum = 0, 0, torch.zeros((), device=device)
-    for step, batch in zip(range(start, stop), loader, strict=False):
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
-        images = batch["image"].to(device, non_blocking=True)
-        loss_sum += train_step(train_model, optimizer, images, cfg.clip_grad, bf16)
-        window_steps += 1
-        window_images += images.shape[0] * world_size
-        done = step + 1
-        bar.update(1)
-        if done % cfg.log_every == 0 or done == stop:
+    with CtrlC() as ctrl_c:
+        for step, batch in zip(range(start, stop), loader, strict=False):
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
+            images = batch["image"].to(device, non_blocking=True)
+            loss_sum += train_step(train_model, optimizer, images, cfg.clip_grad, bf16)
+            window_steps += 1
+            window_images += images.shape[0] * world_size
+            done = step + 1
+            bar.update(1)
             now = time.perf_counter()
-            record = {"step": done, "loss": float(loss_sum) / window_steps,
-                      "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": window_images / (now - t_window)}
-            meta["history"].append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-            loss_sum.zero_()
-            window_steps, window_images, t_window = 0, 0, now
-        if rank == 0 and ((every and done % every == 0) or done == stop):
-            meta["train_seconds"] += time.perf_counter() - t_run
-            save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
-            t_run = time.perf_counter()
+            due = ((every and done % every == 0) or done == stop or ctrl_c.requested
+                   or (seconds_between and now - t_saved >= seconds_between))
+            if done % cfg.log_every == 0 or done == stop or due:
+                check_finite_loss(loss_sum, logged, done, cfg.out, saved)
+                logged = done
+            if done % cfg.log_every == 0 or done == stop:
+                record = {"step": done, "loss": float(loss_sum) / window_steps,
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": window_images / (now - t_window)}
+                meta["history"].append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                img_s=f"{record['images_per_s']:.1f}")
+                loss_sum.zero_()
+                window_steps, window_images, t_window = 0, 0, now
+            if rank == 0 and due:
+                meta["train_seconds"] += time.perf_counter() - t_run
+                save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
+                t_run = t_saved = time.perf_counter()
+                saved = done
+            if ctrl_c.requested:
+                bar.close()
+                raise TrainingInterrupted(
+                    f"interrupted at step {done} of {num_steps}; checkpoint saved in "
+                    f"{Path(cfg.out) / MANIFEST}. Resume with the same command plus --resume "
+                    f"(train --out {cfg.out} --resume ...)")
     bar.close()
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
+    meta.update(step=max(start, saved or 0), checkpoint=str(Path(cfg.out) / MANIFEST))
     return meta
 
 
@@ -213,11 +266,15 @@ def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
     """Load model, optimizer and RNG states from `cfg.out`; check the settings still match."""
     ckpt = load_checkpoint(cfg.out, model_name=cfg.model, model_config=meta["model_config"],
                            with_optimizer=True)
-    stored = {k: ckpt.meta["train"].get(k) for k in RESUME_KEYS}
-    wanted = {k: meta["train"].get(k) for k in RESUME_KEYS}
+    keys = [k for k in RESUME_KEYS if k in ckpt.meta["train"] or k != "data_fingerprint"]
+    stored = {k: ckpt.meta["train"].get(k) for k in keys}  # (older runs have no fingerprint)
+    wanted = {k: meta["train"].get(k) for k in keys}
     diff = config_diff(stored, wanted)
     if diff:
-        raise ValueError(f"cannot resume {cfg.out}: training settings differ: " + "; ".join(diff))
+        changed = (" (data_fingerprint: the dataset's file names or sizes changed)"
+                   if any(d.startswith("data_fingerprint") for d in diff) else "")
+        raise ValueError(f"cannot resume {cfg.out}: training settings differ{changed}: "
+                         + "; ".join(diff))
     model.load_state_dict(ckpt.state)
     if ckpt.optimizer_state is None:
         raise ValueError(f"cannot resume {cfg.out}: the checkpoint has no optimizer state")
@@ -238,5 +295,5 @@ def _fit_patchcore(model, dataset, batch_size: int, device, cfg: TrainConfig, me
     meta["train_seconds"] = time.perf_counter() - t0
     meta["train"].update(num_steps=0, num_patches=num_patches,
                          memory_bank_size=int(model.memory_bank.shape[0]))
-    save_checkpoint(cfg.out, model, None, step=0, meta=meta)
+    meta.update(step=0, checkpoint=str(save_checkpoint(cfg.out, model, None, step=0, meta=meta)))
     return meta
