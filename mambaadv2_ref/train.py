@@ -52,6 +52,7 @@ from mambaadv2_ref.data import (
 )
 from mambaadv2_ref.model.detectors import build_detector
 from mambaadv2_ref.model.loss import reconstruction_loss
+from mambaadv2_ref.recipe import lr_plan, make_optimizer, step_lr
 from mambaadv2_ref.run_safety import (
     CtrlC,
     TrainingInterrupted,
@@ -70,34 +71,6 @@ def steady_images_per_s(history: list[dict]) -> float:
     warm-up) unless it is the only one."""
     steady = history[1:] or history
     return sum(h["images_per_s"] for h in steady) / len(steady)
-
-
-def step_lr(step: int, num_steps: int, lr: float, decay_at: float = 0.8,
-            decay: float = 0.1) -> float:
-    """Learning rate of step `step`: `lr`, times `decay` from `decay_at * num_steps` on.
-
-    Implements: the single x0.1 StepLR decay at 80% of training (book appendix A.1).
-    """
-    return lr * decay if step >= decay_at * num_steps else lr
-
-
-def param_groups(params, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices/kernels, none on 1-D parameters (biases, norms).
-
-    Implements: ADer's `get_optim` grouping (book appendix A.1).
-    """
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float
-                   ) -> torch.optim.AdamW:
-    """AdamW(betas 0.9/0.999, eps 1e-8) over `param_groups` of the trainable parameters."""
-    return torch.optim.AdamW(param_groups(model.parameters(), weight_decay), lr=lr,
-                             betas=(0.9, 0.999), eps=1e-8)
 
 
 def train_step(model, optimizer, images: torch.Tensor, clip_grad: float = 5.0,
@@ -195,6 +168,7 @@ def train(cfg: TrainConfig) -> dict:
     sampler_probe = StepBatchSampler(len(dataset), batch_size, 1, cfg.seed, 0, rank, world_size)
     num_steps = _num_steps(cfg, sampler_probe.steps_per_epoch, profile)
     settings["num_steps"] = num_steps
+    settings["lr_plan"] = lr_plan(num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
     optimizer = make_optimizer(model, lr, cfg.weight_decay)
     start = 0
     if resuming:
@@ -266,15 +240,27 @@ def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
     """Load model, optimizer and RNG states from `cfg.out`; check the settings still match."""
     ckpt = load_checkpoint(cfg.out, model_name=cfg.model, model_config=meta["model_config"],
                            with_optimizer=True)
-    keys = [k for k in RESUME_KEYS if k in ckpt.meta["train"] or k != "data_fingerprint"]
+    keys = [k for k in RESUME_KEYS if (k in ckpt.meta["train"] or k != "data_fingerprint")
+            and not (cfg.extend and k == "num_steps")]
     stored = {k: ckpt.meta["train"].get(k) for k in keys}  # (older runs have no fingerprint)
     wanted = {k: meta["train"].get(k) for k in keys}
     diff = config_diff(stored, wanted)
     if diff:
         changed = (" (data_fingerprint: the dataset's file names or sizes changed)"
                    if any(d.startswith("data_fingerprint") for d in diff) else "")
+        hint = ("; to continue on a longer schedule add --extend"
+                if any(d.startswith("num_steps") for d in diff) else "")
         raise ValueError(f"cannot resume {cfg.out}: training settings differ{changed}: "
-                         + "; ".join(diff))
+                         + "; ".join(diff) + hint)
+    schedules = ckpt.meta["train"].get("schedules", [])
+    if cfg.extend:
+        new, done = meta["train"]["num_steps"], ckpt.step
+        if new <= done:
+            raise ValueError(f"--extend: the new schedule has {new} steps, not more than the "
+                             f"{done} this run has done; give a larger --steps or --epochs")
+        schedules = [*schedules, {k: ckpt.meta["train"].get(k)
+                                  for k in ("num_steps", "lr_plan")} | {"until_step": done}]
+    meta["train"]["schedules"] = schedules
     model.load_state_dict(ckpt.state)
     if ckpt.optimizer_state is None:
         raise ValueError(f"cannot resume {cfg.out}: the checkpoint has no optimizer state")
