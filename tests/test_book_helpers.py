@@ -5,8 +5,8 @@ import inspect
 import json
 
 import pytest
+from IPython.core.formatters import DisplayFormatter
 from IPython.core.inputtransformer2 import TransformerManager
-from IPython.core.interactiveshell import InteractiveShell
 
 from mambaadv2_ref.viz import colab
 from mambaadv2_ref.viz.chapter import ChapterEnv, prose, setup_chapter, show_source, table
@@ -14,7 +14,7 @@ from mambaadv2_ref.viz.chapter import ChapterEnv, prose, setup_chapter, show_sou
 
 def formatted(obj) -> dict:
     """What IPython sends a front end for `obj` as a cell's last expression (mime -> text)."""
-    data, _ = InteractiveShell.instance().display_formatter.format(obj)
+    data, _ = DisplayFormatter().format(obj)  # no global shell: setup_chapter would see one
     return data
 
 
