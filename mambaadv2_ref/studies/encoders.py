@@ -132,17 +132,19 @@ def first_train_images(data: str, image_size: int, count: int = 16) -> torch.Ten
 
 
 def run_patchcore(encoder: str, data: str, out: Path, image_size: int = 256,
-                  device: str = "cpu") -> dict:
+                  device: str = "cpu", coreset_ratio: float | None = None) -> dict:
     """Fit and evaluate our PatchCore with `encoder` on `data`; return its row.
 
     Args:
         encoder: a key of ENCODERS.  data: dataset root or "embedded".
         out: the run's folder.  image_size: square input side.  device: torch device.
+        coreset_ratio: memory-bank fraction (None: PatchCoreConfig's default).
     """
     t0 = time.perf_counter()
+    overrides = {} if coreset_ratio is None else {"coreset_ratio": coreset_ratio}
     meta = train(TrainConfig(out=str(out), data=None if data == "embedded" else data,
                              model="patchcore", profile="paper", encoder=encoder, device=device,
-                             image_size=image_size))
+                             image_size=image_size, model_overrides=overrides))
     metrics = evaluate(out, device=device)
     return {"dataset": "embedded" if data == "embedded" else Path(data).name,
             "model": "patchcore (ours)", "encoder": encoder, "image_size": image_size,
@@ -168,7 +170,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def study_encoder(name: str, data: list[str], out: Path, image_size: int,
-                  device: str) -> dict:
+                  device: str, coreset_ratio: float | None = None) -> dict:
     """Everything the study measures for one encoder: genuineness, widths, PatchCore rows.
 
     Returns:
@@ -183,7 +185,8 @@ def study_encoder(name: str, data: list[str], out: Path, image_size: int,
     for d in data:
         key = "embedded" if d == "embedded" else Path(d).name
         entry["features"][key] = feature_statistics(encoder, first_train_images(d, image_size))
-        entry["rows"].append(run_patchcore(name, d, out / key / name, image_size, device))
+        entry["rows"].append(run_patchcore(name, d, out / key / name, image_size, device,
+                                           coreset_ratio))
     return entry
 
 
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoders", default=",".join(STUDY_ENCODERS))
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--coreset-ratio", type=float, default=None,
+                        help="PatchCore memory-bank fraction (default: PatchCoreConfig's, 0.1)")
     args = parser.parse_args(argv)
     names = args.encoders.split(",")
     unknown = sorted(set(names) - set(ENCODERS))
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: already in {path}, skipped")
             continue
         result["encoders"].append(study_encoder(name, args.data, Path(args.out),
-                                                args.image_size, args.device))
+                                                args.image_size, args.device,
+                                                args.coreset_ratio))
         result["environment"] = environment(torch.device(args.device))
         write_json(path, result)
     rows = [r for e in result["encoders"] for r in e.get("rows", [])]
