@@ -36,6 +36,7 @@ def test_study_rows_and_unavailable_encoder(tmp_path, monkeypatch):
     lite0, resnet = json.loads(out.read_text())["encoders"]
     assert not resnet["available"] and "resnet34" in resnet["reason"]
     assert all(e["top1_right"] for e in lite0["genuineness"].values())
+    assert lite0["parameters"] == study.encoder_parameters("efficientnet_lite0") > 10**6
     (features,) = lite0["features"].values()
     assert [f["channels"] for f in features] == [24, 40, 112]
     assert all(1 <= f["effective_dimension"] <= f["channels"] for f in features)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -120,6 +121,11 @@ def feature_statistics(encoder: FrozenEncoder, images: torch.Tensor) -> list[dic
     return stats
 
 
+def encoder_parameters(name: str) -> int:
+    """Number of parameters of encoder `name`'s 3-scale feature extractor (its size and cost)."""
+    return sum(p.numel() for p in create_backbone(name, pretrained=False).parameters())
+
+
 def dataset_root(data: str) -> Path:
     """`embedded` -> the embedded dataset's root, else the path itself."""
     return embedded_dataset_root() if data == "embedded" else Path(data)
@@ -155,6 +161,7 @@ def run_patchcore(encoder: str, data: str, out: Path, image_size: int = 256,
                                    for i in meta["model_config"]["levels"]),
             "fit_seconds": meta["train_seconds"], "test_seconds": metrics["run"]["seconds"],
             "seconds": time.perf_counter() - t0,
+            "load_average_1min": os.getloadavg()[0],  # CPU seconds depend on other users
             "metrics": {k: 100 * metrics["mean"][k] for k in METRIC_KEYS}}
 
 
@@ -181,7 +188,8 @@ def study_encoder(name: str, data: list[str], out: Path, image_size: int,
     except PretrainedWeightsUnavailable as err:
         return {"encoder": name, "available": False, "reason": str(err).split(";")[0]}
     entry = {"encoder": name, "available": True, "offline_weights": name in OFFLINE_WEIGHTS,
-             "genuineness": genuineness(name), "features": {}, "rows": []}
+             "parameters": encoder_parameters(name), "genuineness": genuineness(name),
+             "features": {}, "rows": []}
     for d in data:
         key = "embedded" if d == "embedded" else Path(d).name
         entry["features"][key] = feature_statistics(encoder, first_train_images(d, image_size))
@@ -209,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.json)
     result = json.loads(path.read_text()) if path.exists() else {"encoders": []}
     done = {e["encoder"] for e in result["encoders"]}
+    for entry in result["encoders"]:  # files written before the parameter count was stored
+        if entry["available"] and "parameters" not in entry:
+            entry["parameters"] = encoder_parameters(entry["encoder"])
     for name in names:
         if name in done:
             print(f"{name}: already in {path}, skipped")
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.coreset_ratio))
         result["environment"] = environment(torch.device(args.device))
         write_json(path, result)
+    write_json(path, result)
     rows = [r for e in result["encoders"] for r in e.get("rows", [])]
     print(markdown(sorted(rows, key=lambda r: (r["dataset"], r["encoder"]))))
     return 0
