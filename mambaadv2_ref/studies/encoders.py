@@ -40,7 +40,7 @@ from mambaadv2_ref.model.encoder import (
     PretrainedWeightsUnavailable,
     create_backbone,
 )
-from mambaadv2_ref.timing import environment
+from mambaadv2_ref.studies.results import environment
 from mambaadv2_ref.train import TrainConfig, train
 
 # photo -> ImageNet classes that count as right (cats 281-285; espresso 967, cup 968, mug 504)

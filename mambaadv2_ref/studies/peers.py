@@ -37,7 +37,7 @@ from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.metrics import aggregate, compute_metrics
 from mambaadv2_ref.model.encoder import OFFLINE_WEIGHTS, create_backbone
 from mambaadv2_ref.studies.encoders import dataset_root
-from mambaadv2_ref.timing import environment
+from mambaadv2_ref.studies.results import environment
 
 PEERS = ("patchcore", "padim")
 WORKER = Path(__file__).with_name("peers_worker.py")
