@@ -13,6 +13,7 @@ from mambaadv2_ref.checks.harness import (
     compare_number,
     random_cases,
     require_keys,
+    zero_and_nonzero,
 )
 from mambaadv2_ref.model import build_model, preset
 from mambaadv2_ref.model.anomaly_map import cosine_distance_maps
@@ -62,14 +63,12 @@ def check_spiral_gap(answer) -> None:
                     "should come out larger than Hilbert's")
 
 
-def _hss_outputs_differ(answer) -> None:
-    got = require_keys(answer, ("causal", "two_sided"), "your answer")
-    if got["causal"] > 1e-4:
-        raise Wrong("with matrix_causal=True the matrix path computes the same operator as the "
-                    "recurrence: did both blocks start from the same seed?")
-    if got["two_sided"] < 1e-3:
-        raise Wrong("the two-sided matrix path should differ from the recurrence: did you set "
-                    "matrix_causal=False?")
+def check_matrix_paths(answer) -> None:
+    zero_and_nonzero(answer, ("causal", 1e-4, "with matrix_causal=True the matrix path computes "
+                              "the same operator as the recurrence: did both blocks start from "
+                              "the same seed?"),
+                     ("two_sided", 1e-3, "the two-sided matrix path should differ from the "
+                      "recurrence: did you set matrix_causal=False?"))
 
 
 def _mask_inputs(g: torch.Generator, shape: tuple) -> tuple:
@@ -187,7 +186,7 @@ EXERCISES = {
                          "along the bottom, up the left, then the next ring"),
     "ch06.ex5": Exercise("measure", "spiral against Hilbert", check_spiral_gap,
                          "locality_stats(order, 16, 16)['neighbour_distance_geo'] for both"),
-    "ch07.ex1": Exercise("measure", "causal or two-sided matrix path", _hss_outputs_differ,
+    "ch07.ex1": Exercise("measure", "causal or two-sided matrix path", check_matrix_paths,
                          "build three HSS blocks from the same seed (recurrence; matrix with "
                          "matrix_causal=True; matrix with matrix_causal=False) and compare "
                          "outputs on one input"),

@@ -153,6 +153,17 @@ def require_keys(answer, keys: Sequence, what: str = "your answer") -> dict:
     return {k: as_number(answer[k], f"{what}[{k!r}]") for k in keys}
 
 
+def zero_and_nonzero(answer, zero: tuple[str, float, str], nonzero: tuple[str, float, str]) -> None:
+    """A measured pair of differences: answer[zero key] must be at most its bound (nothing
+    changed), answer[nonzero key] at least its bound (something did); each tuple is
+    (key, bound, message when violated)."""
+    got = require_keys(answer, (zero[0], nonzero[0]))
+    if got[zero[0]] > zero[1]:
+        raise Wrong(zero[2])
+    if got[nonzero[0]] < nonzero[1]:
+        raise Wrong(nonzero[2])
+
+
 def random_cases(make: Callable[[torch.Generator, tuple], tuple], shapes: Sequence[tuple],
                  seed: int = 0) -> list[tuple]:
     """Seeded inputs: `make(generator, shape)` for every shape, one generator for all."""

@@ -12,6 +12,7 @@ from mambaadv2_ref.checks.harness import (
     compare_number,
     random_cases,
     require_keys,
+    zero_and_nonzero,
 )
 from mambaadv2_ref.scans import segsum, selective_scan_sequential
 from mambaadv2_ref.scans.lti import ssm_kernel
@@ -112,23 +113,18 @@ def check_segsum(answer) -> None:
 
 
 def check_two_sided_rows(answer) -> None:
-    got = require_keys(answer, ("first", "last"), "your answer")
-    if got["last"] > 1e-9:
-        raise Wrong("at the last position the two outputs should agree: what is above the "
-                    "diagonal in the last row?")
-    if got["first"] < 1e-6:
-        raise Wrong("at the first position the two outputs should differ: did you set "
-                    "causal=False in one of them?")
+    zero_and_nonzero(answer, ("last", 1e-9, "at the last position the two outputs should agree: "
+                              "what is above the diagonal in the last row?"),
+                     ("first", 1e-6, "at the first position the two outputs should differ: did "
+                      "you set causal=False in one of them?"))
 
 
 def check_phase_shift(answer) -> None:
-    got = require_keys(answer, ("constant", "second_half"), "your answer")
-    if got["constant"] > 1e-8:
-        raise Wrong("adding the same constant to every phase should change no output (to float64 "
-                    "rounding): did you add it to both q and k?")
-    if got["second_half"] < 1e-6:
-        raise Wrong("adding pi/3 to the second half only should change the output: did you "
-                    "change the phases of the second half?")
+    zero_and_nonzero(answer, ("constant", 1e-8, "adding the same constant to every phase should "
+                              "change no output (to float64 rounding): did you add it to both q "
+                              "and k?"),
+                     ("second_half", 1e-6, "adding pi/3 to the second half only should change "
+                      "the output: did you change the phases of the second half?"))
 
 
 def _phase_inputs(g: torch.Generator, shape: tuple) -> tuple:
