@@ -28,20 +28,18 @@ class DSSModule(nn.Module):
         dim: C.
         num_blocks: M, HSS blocks in the global branch.
         plan: StagePlan of the stage.
+        cfg: the model config: HSS settings (see HSS), local_kernels (depthwise kernels of the
+            local paths, 5 and 7) and use_fft (the FFT path of the frequency branch).
         drop_path: rate shared by the module's HSS blocks.
-        kernel_sizes: depthwise kernels of the local paths (5, 7).
-        use_fft: the FFT path of the frequency branch.
-        **hss_kwargs: HSS settings (d_state, headdim, path_mode, position_aware, ...).
 
     Implements: eqs. (1)-(3).
     """
 
-    def __init__(self, dim: int, num_blocks: int, plan: StagePlan, drop_path: float = 0.0,
-                 kernel_sizes: tuple[int, ...] = (5, 7), use_fft: bool = True, **hss_kwargs):
+    def __init__(self, dim: int, num_blocks: int, plan: StagePlan, cfg, drop_path: float = 0.0):
         super().__init__()
-        self.blocks = nn.Sequential(*[HSSBlock(dim, plan, drop_path, **hss_kwargs)
+        self.blocks = nn.Sequential(*[HSSBlock(dim, plan, cfg, drop_path)
                                       for _ in range(num_blocks)])
-        self.freq = FrequencyEnhancedConv(dim, kernel_sizes, use_fft)
+        self.freq = FrequencyEnhancedConv(dim, cfg.local_kernels, cfg.use_fft)
         self.fuse = fuse_conv(dim + self.freq.out_channels, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

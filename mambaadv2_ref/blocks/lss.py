@@ -52,20 +52,19 @@ class LSSModule(nn.Module):
         dim: C.
         num_blocks: M, SS2D blocks in the global branch.
         plan: StagePlan of the stage (MambaAD: Hilbert x 8).
-        d_state, expand, backend: SS2D settings.
+        cfg: the model config: d_state, expand, backend (SS2D settings) and local_kernels
+            (local depthwise kernels, MambaAD: 5 and 7).
         drop_path: rate shared by the module's SS2D blocks.
-        kernel_sizes: local depthwise kernels (MambaAD: (5, 7)).
 
     Implements: eqs. (1)-(3).
     """
 
-    def __init__(self, dim: int, num_blocks: int, plan: StagePlan, d_state: int = 16,
-                 expand: int = 2, drop_path: float = 0.0, kernel_sizes: tuple[int, ...] = (5, 7),
-                 backend: str = "auto"):
+    def __init__(self, dim: int, num_blocks: int, plan: StagePlan, cfg, drop_path: float = 0.0):
         super().__init__()
-        self.blocks = nn.Sequential(*[SS2DBlock(dim, plan, d_state, expand, drop_path, backend)
-                                      for _ in range(num_blocks)])
-        self.local = FrequencyEnhancedConv(dim, kernel_sizes, use_fft=False)
+        self.blocks = nn.Sequential(*[
+            SS2DBlock(dim, plan, cfg.d_state, cfg.expand, drop_path, cfg.backend)
+            for _ in range(num_blocks)])
+        self.local = FrequencyEnhancedConv(dim, cfg.local_kernels, use_fft=False)
         self.fuse = fuse_conv(dim + self.local.out_channels, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

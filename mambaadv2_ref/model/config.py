@@ -6,7 +6,6 @@ live in `mambaadv2_ref.profiles`. Every ablation of the book is one field:
     model            "mambaadv2" (DSS modules of HSS-v2 blocks) or "mambaad" (v1: LSS of SS2D)
     position_aware   Mamba-3 rotary angles + exponential-trapezoidal step (off: Mamba-2 SSD)
     path_mode        "sum" | "gate" | "recurrence" | "matrix": the HSS dual paths
-                     ("attention": softmax attention instead, the scaling baseline only)
     matrix_causal    causal or two-sided decay mask in the matrix path
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
@@ -21,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from mambaadv2_ref.blocks.hss import PATH_MODES
+from mambaadv2_ref.blocks.hss import MATRIX_IMPLS, PATH_MODES
 from mambaadv2_ref.scanning import ScanPlan, resolve_plan
 
 MODELS = ("mambaadv2", "mambaad")
 BACKENDS = ("auto", "torch", "mamba_ssm")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
-COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block")
+COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl")
 
 
 @dataclass
@@ -50,7 +49,9 @@ class ModelConfig:
         chunk_size: Q of the chunked recurrence.
         scan_plan, curve, num_directions: the scanning plan and its overrides.
         path_mode, matrix_causal, matrix_max_tokens: the dual paths of the HSS block.
-        checkpoint_matrix: recompute the matrix path's masks in the backward pass (memory).
+        matrix_impl: "scan" (the matrix path as two linear scans per window, O(L)) or
+            "materialised" (its (window x window) matrix, the slow twin: same function).
+        checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
         rope_fraction: fraction of d_state that the rotary angles turn (Mamba-3: 0.5).
@@ -80,6 +81,7 @@ class ModelConfig:
     path_mode: str = "sum"
     matrix_causal: bool = False
     matrix_max_tokens: int = 1024
+    matrix_impl: str = "scan"
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
     position_aware: bool = True
@@ -101,6 +103,7 @@ class ModelConfig:
         _one_of("model", self.model, MODELS)
         _one_of("path_mode", self.path_mode, PATH_MODES)
         _one_of("backend", self.backend, BACKENDS)
+        _one_of("matrix_impl", self.matrix_impl, MATRIX_IMPLS)
         if len(self.dims) != len(self.depths) or len(self.dims) != 4:
             raise ValueError(f"dims and depths must have 4 stages each, got dims={self.dims}, "
                              f"depths={self.depths}")

@@ -22,17 +22,8 @@ from mambaadv2_ref.model.config import ModelConfig, modules_per_stage
 
 
 def _build_module(cfg: ModelConfig, dim: int, num_blocks: int, plan, drop_path: float):
-    if cfg.model == "mambaad":
-        return LSSModule(dim, num_blocks, plan, cfg.d_state, cfg.expand, drop_path,
-                         cfg.local_kernels, cfg.backend)
-    return DSSModule(dim, num_blocks, plan, drop_path, cfg.local_kernels, cfg.use_fft,
-                     d_state=cfg.d_state, headdim=cfg.headdim, expand=cfg.expand,
-                     ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, path_mode=cfg.path_mode,
-                     matrix_causal=cfg.matrix_causal, matrix_max_tokens=cfg.matrix_max_tokens,
-                     checkpoint_matrix=cfg.checkpoint_matrix,
-                     checkpoint_block=cfg.checkpoint_block, position_aware=cfg.position_aware,
-                     rope_fraction=cfg.rope_fraction,
-                     dwconv=cfg.dwconv, bc_norm=cfg.bc_norm, backend=cfg.backend)
+    module = LSSModule if cfg.model == "mambaad" else DSSModule
+    return module(dim, num_blocks, plan, cfg, drop_path)
 
 
 class Decoder(nn.Module):

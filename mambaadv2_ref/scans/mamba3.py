@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .backends import kernel, resolve_backend
 from .common import check_divides, check_positive_int, check_tensor, compute_dtype, skip_and_gate
 from .ssd import ssd_chunked_core, ssd_matrix_core
+from .two_sided import diagonal_scores, ssd_two_sided_core
 
 
 def _check_inputs(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None):
@@ -92,8 +93,9 @@ def rotate_pairs(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return torch.cat([rotated, x[..., 2 * n:]], dim=-1)
 
 
-def _prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles):
-    """Compute-dtype time-major tensors shared by the matrix and chunked forms.
+def prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles):
+    """Compute-dtype time-major tensors shared by the matrix and chunked forms (and the HSS
+    block, which feeds them to both of its paths).
 
     Returns:
         q, k rotated (b, L, h, N); v (b, L, h, p); log_a = ADT (b, L, h); gamma and shifted
@@ -208,7 +210,7 @@ def mamba3_matrix(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None
     Implements: (M3.6) + (M3.3).
     """
     _check_inputs(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z)
-    q, k, v, log_a, gamma, shifted, _ = _prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles)
+    q, k, v, log_a, gamma, shifted, _ = prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles)
     y = ssd_matrix_core(v * (gamma + shifted)[..., None], log_a, k, q, causal)
     y = y - ((q * k).sum(-1) * shifted)[..., None] * v
     return _finish(y, v, D, Z)
@@ -230,11 +232,33 @@ def mamba3_chunked(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=Non
     """
     check_positive_int("chunk_size", chunk_size)
     _check_inputs(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z)
-    q, k, v, log_a, gamma, shifted, phase = _prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias,
+    q, k, v, log_a, gamma, shifted, phase = prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias,
                                                      Angles)
     y, H = ssd_chunked_core(v * (gamma + shifted)[..., None], log_a, k, q, chunk_size)
     y = y - ((q * k).sum(-1) * shifted)[..., None] * v
     return _finish(y, v, D, Z), (phase[:, -1], H, k[:, -1], v[:, -1])
+
+
+def mamba3_two_sided_chunked(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None,
+                             chunk_size=64, backend="torch"):
+    """The two-sided Mamba-3 matrix form of `mamba3_matrix(causal=False)` as two scans, O(L).
+
+    (M3.6) with the two-sided mask is the two-sided SSD matrix on rotated q, k and the trapezoid
+    scale, minus the same diagonal correction, so (TS.1) applies: a causal and an anticausal
+    chunked scan.
+
+    Args:
+        as `mamba3_scan`; backend: the causal scan's ("torch", "mamba_ssm" or "auto").
+    Returns:
+        out (b, L, h, p) in the compute dtype.
+    Implements: (M3.6) two-sided by (TS.1) + (M3.3).
+    """
+    check_positive_int("chunk_size", chunk_size)
+    _check_inputs(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z)
+    q, k, v, log_a, gamma, shifted, _ = prepare(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles)
+    y = ssd_two_sided_core(v * (gamma + shifted)[..., None], log_a, k, q, chunk_size, backend)
+    y = y - (diagonal_scores(k, q, v.shape[2]) * shifted)[..., None] * v
+    return _finish(y, v, D, Z)
 
 
 def mamba3_scan(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None, chunk_size=64,

@@ -2,9 +2,9 @@
 
 The same fusion + decoder is run at image sizes from 128 to 512 px on random encoder-shaped
 features, for MambaADv2, MambaAD (v1) and a same-width attention decoder (MambaADv2 with
-scaled dot-product attention in place of both SSM paths, `path_mode="attention"`). The growth
-exponent is measured as the slope of log(time) against log(tokens): near 1 is linear, near 2
-quadratic.
+scaled dot-product attention in place of both SSM paths, `attention_baseline.with_attention`).
+The growth exponent is measured as the slope of log(time) against log(tokens): near 1 is
+linear, near 2 quadratic.
 
     python -m mambaadv2_ref.studies.scaling --out results/scaling --profile paper
 """
@@ -21,6 +21,7 @@ import torch
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.profiles import resolve_device
+from mambaadv2_ref.studies.attention_baseline import with_attention
 from mambaadv2_ref.timing import (
     environment,
     peak_memory_bytes,
@@ -33,7 +34,7 @@ DECODERS = {
     "mambaadv2": ("mambaadv2", {}),
     "mambaad": ("mambaad", {}),
     # attention ignores the order of tokens, so one direction is enough
-    "attention": ("mambaadv2", {"path_mode": "attention", "num_directions": 1}),
+    "attention": ("mambaadv2", {"num_directions": 1}),
 }
 STRIDES = (4, 8, 16)
 
@@ -49,6 +50,8 @@ def decoder_cost(name: str, profile: str, size: int, batch_size: int, device: to
     model, overrides = DECODERS[name]
     net = build_model(model, profile=profile, pretrained=False, image_size=size,
                       backend=backend, **overrides).to(device)
+    if name == "attention":  # the same decoder with softmax attention as its token mixer
+        with_attention(net)
     feats = [torch.randn(batch_size, c, size // s, size // s, device=device)
              for c, s in zip(net.encoder.channels, STRIDES, strict=True)]
 

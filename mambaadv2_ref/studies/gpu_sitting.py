@@ -1,0 +1,241 @@
+"""One GPU sitting, as Python: the speed grid with profiler tables, the scaling study, and
+time-boxed, resumable training runs (the GPU machine is lent 10 minutes a command).
+
+    python -m mambaadv2_ref.studies.gpu_sitting speed --out OUT --seconds 420 --prefix v2 --tag v2
+    python -m mambaadv2_ref.studies.gpu_sitting train --out OUT --seconds 540 --runs RUNS.json
+
+`speed` benches the rows of SPEED_ROWS with a label prefix in one process (the pure-PyTorch rows
+first, then the mamba-ssm kernel rows, whose first step compiles the Triton kernels: its seconds
+are recorded as `first_step_s`), profiles the rows of PROFILED among them, and with tag "v1"
+(run after mamba-ssm's CUDA scan is built) the decoder scaling study while time is left;
+everything lands in OUT/speed_TAG.json, OUT/profile_*.txt and OUT/scaling.json as measured.
+`train` starts every run of a JSON list at once (one subprocess each, `--resume`, a
+checkpoint every `checkpoint_every` steps), stops them at the deadline with SIGINT and then
+SIGKILL, and evaluates each run's latest checkpoint into RUN/metrics.json and
+OUT/train_RUNNAME.json (step, metrics, history), so that the next command resumes where this
+one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mambaadv2_ref.checkpoint import MANIFEST, write_json
+from mambaadv2_ref.timing import environment
+
+# label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px, fp32/bf16
+SPEED_ROWS: dict[str, tuple[str, str, str, dict]] = {}
+for _precision in ("fp32", "bf16"):
+    SPEED_ROWS.update({
+        f"v2 before (materialised, uniform) torch {_precision}": (
+            "mambaadv2", "torch", _precision, {"matrix_impl": "materialised",
+                                               "scan_plan": "uniform"}),
+        f"v2 scans decay_deep torch {_precision}": (
+            "mambaadv2", "torch", _precision, {"scan_plan": "decay_deep"}),
+    })
+for _precision in ("fp32", "bf16"):
+    SPEED_ROWS.update({
+        f"v2 scans decay_deep mamba_ssm {_precision}": (
+            "mambaadv2", "mamba_ssm", _precision, {"scan_plan": "decay_deep"}),
+        f"v2 scans uniform mamba_ssm {_precision}": (
+            "mambaadv2", "mamba_ssm", _precision, {"scan_plan": "uniform"}),
+    })
+SPEED_ROWS.update({
+    "v2 scans decay_deep mamba_ssm fp32 no checkpoint": (
+        "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "checkpoint_matrix": False}),
+    "v2 scans decay_deep mamba_ssm fp32 checkpoint_block": (
+        "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "checkpoint_block": True}),
+    "v1 mamba_ssm fp32": ("mambaad", "mamba_ssm", "fp32", {}),
+    "v1 mamba_ssm bf16": ("mambaad", "mamba_ssm", "bf16", {}),
+})
+PROFILED = ("v2 before (materialised, uniform) torch fp32", "v2 scans decay_deep torch fp32",
+            "v2 scans decay_deep mamba_ssm fp32")
+
+
+def bench_row(label: str, iters: int) -> dict:
+    """Bench one row of SPEED_ROWS; an error (out of memory, a missing kernel) is recorded."""
+    from mambaadv2_ref.evaluate import bench_model
+
+    model, backend, precision, overrides = SPEED_ROWS[label]
+    row = {"label": label, "model": model, "backend": backend, "precision": precision,
+           "overrides": overrides}
+    try:
+        row.update(bench_model(model, profile="paper", device="cuda", batch_size=16,
+                               iters=iters, precision=precision,
+                               overrides={"backend": backend, **overrides}))
+    except Exception as err:  # out of memory, a kernel that fails: recorded, the grid goes on
+        row["error"] = f"{type(err).__name__}: {err}"[:500]
+    torch.cuda.empty_cache()
+    return row
+
+
+def profile_row(label: str, out: Path) -> None:
+    """torch.profiler over two training steps of one row: the top CUDA kernels, as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mambaadv2_ref.model.factory import build_model
+    from mambaadv2_ref.model.loss import reconstruction_loss
+    from mambaadv2_ref.profiles import use_bf16
+
+    model, backend, precision, overrides = SPEED_ROWS[label]
+    device = torch.device("cuda")
+    net = build_model(model, profile="paper", pretrained=False, backend=backend,
+                      **overrides).to(device)
+    images = torch.randn(16, 3, 256, 256, device=device)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    bf16 = use_bf16(device, precision)
+
+    def step():  # as evaluate.bench_model's training step
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            enc, dec = net(images)
+        loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25,
+                                      max_name_column_width=60)
+    name = label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+    (out / f"profile_{name}.txt").write_text(f"{label}, 2 training steps, batch 16\n{table}\n")
+    torch.cuda.empty_cache()
+
+
+def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str) -> None:
+    """The rows of the speed grid whose label starts with `prefix`, the profiles among them,
+    then (tag "v1") the scaling study, until `seconds` have passed; OUT/speed_TAG.json."""
+    deadline = time.monotonic() + seconds
+    result = {"environment": environment(torch.device("cuda")), "rows": []}
+    labels = [label for label in SPEED_ROWS if label.startswith(prefix)]
+    for label in labels:
+        if time.monotonic() > deadline - 30:
+            result["rows"].append({"label": label, "skipped": "time box"})
+            continue
+        t0 = time.monotonic()
+        row = bench_row(label, iters)
+        row["wall_s"] = time.monotonic() - t0
+        result["rows"].append(row)
+        write_json(out / f"speed_{tag}.json", result)
+        print(f"{label}: " + (row.get("error") or
+              f"train {row['train_images_per_s']:.1f} img/s, infer {row['infer_images_per_s']:.1f}"
+              f" img/s, peak {row['train_peak_memory_bytes'] / 2**30:.1f} GiB, first step "
+              f"{row['first_step_s']:.1f} s"), flush=True)
+    for label in PROFILED:
+        if label in labels and time.monotonic() < deadline - 40:
+            try:
+                profile_row(label, out)
+            except Exception as err:  # a profile is a bonus: report and go on
+                print(f"profile {label}: {type(err).__name__}: {err}", flush=True)
+    if tag == "v1":
+        scaling(out, deadline)
+
+
+def scaling(out: Path, deadline: float) -> None:
+    """Decoder time and memory from 128 to 512 px at batch 8 with the kernels, while time is
+    left (mambaadv2 first, then mambaad, then the attention baseline)."""
+    from mambaadv2_ref.studies.scaling import decoder_cost
+
+    rows = []
+    for name in ("mambaadv2", "mambaad", "attention"):
+        for size in (128, 256, 384, 512):
+            if time.monotonic() > deadline - 20:
+                break
+            backend = "torch" if name == "attention" else "mamba_ssm"
+            rows.append(decoder_cost(name, "paper", size, 8, torch.device("cuda"), iters=3,
+                                     backend=backend))
+            torch.cuda.empty_cache()
+            write_json(out / "scaling.json", {"environment": environment(torch.device("cuda")),
+                                              "backend": "mamba_ssm (attention: torch SDPA)",
+                                              "rows": rows})
+            print(rows[-1], flush=True)
+
+
+def train_runs(out: Path, seconds: float, runs: list[dict]) -> None:
+    """Start every run (dict: name, args = `train` CLI arguments), stop them at the deadline,
+    evaluate each latest checkpoint. Runs live in runs/sitting/NAME (kept between commands)."""
+    deadline = time.monotonic() + seconds
+    root = Path("runs/sitting")
+    procs = {}
+    for run in runs:
+        run_dir = root / run["name"]
+        resume = ["--resume"] if (run_dir / MANIFEST).exists() else []
+        cmd = [sys.executable, "-m", "mambaadv2_ref", "train", "--out", str(run_dir),
+               *resume, *run["args"]]
+        log = open(out / f"log_{run['name']}.txt", "a")  # noqa: SIM115 (closed at the end)
+        procs[run["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True), log)
+    eval_reserve = 60  # the evaluations run at once at the end
+    while time.monotonic() < deadline - eval_reserve and any(
+            p.poll() is None for p, _ in procs.values()):
+        time.sleep(5)
+    for p, _ in procs.values():
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)
+    time.sleep(10)
+    for p, log in procs.values():
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        log.close()
+    evaluations = {run["name"]: subprocess.Popen(
+        [sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run", str(root / run["name"]),
+         "--batch-size", "16"], stdout=open(out / f"log_{run['name']}.txt", "a"),  # noqa: SIM115
+        stderr=subprocess.STDOUT) for run in runs if (root / run["name"] / MANIFEST).exists()}
+    for name, p in evaluations.items():
+        try:
+            p.wait(timeout=max(5.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            print(f"evaluation of {name} did not finish in the time box", flush=True)
+    for run in runs:
+        run_dir = root / run["name"]
+        record = {"name": run["name"], "args": run["args"],
+                  "environment": environment(torch.device("cuda"))}
+        if (run_dir / MANIFEST).exists():
+            manifest = json.loads((run_dir / MANIFEST).read_text())
+            record.update({k: manifest.get(k) for k in ("step", "history", "train",
+                                                        "train_seconds", "model_config")})
+            if (run_dir / "metrics.json").exists():
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                if metrics.get("run", {}).get("step") == record["step"]:  # not stale
+                    record["metrics"] = metrics
+        write_json(out / f"train_{run['name']}.json", record)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("speed", "train"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--runs", help="train: JSON file, a list of {name, args}")
+    parser.add_argument("--prefix", default="", help="speed: rows whose label starts so")
+    parser.add_argument("--tag", default="all", help="speed: OUT/speed_TAG.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.stage == "speed":
+        speed(out, args.seconds, args.iters, args.prefix, args.tag)
+    else:
+        if not args.runs:
+            parser.error("train needs --runs")
+        train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
