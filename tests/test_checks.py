@@ -44,8 +44,8 @@ def _forgetting():
 
 def _dss_counts():
     from mambaadv2_ref.blocks.dss import DSSModule
-    return {name: sum(p.numel() for p in DSSModule(32, 2, StagePlan("hilbert", 2), d_state=8,
-                                                   headdim=8, use_fft=flag).parameters())
+    return {name: sum(p.numel() for p in DSSModule(32, 2, StagePlan("hilbert", 2), preset(
+        "tiny", d_state=8, headdim=8, use_fft=flag)).parameters())
             for name, flag in (("with_fft", True), ("without_fft", False))}
 
 

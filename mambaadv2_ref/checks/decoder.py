@@ -94,7 +94,8 @@ def check_fft_filter(answer) -> None:
 
 
 def _dss_params(use_fft: bool) -> int:
-    module = DSSModule(32, 2, StagePlan("hilbert", 2), d_state=8, headdim=8, use_fft=use_fft)
+    cfg = preset("tiny", d_state=8, headdim=8, use_fft=use_fft)
+    module = DSSModule(32, 2, StagePlan("hilbert", 2), cfg)
     return sum(p.numel() for p in module.parameters())
 
 
@@ -205,8 +206,8 @@ EXERCISES = {
         compare_number(a, 64 * 64 * 64 * 7 * 7, 0, "your count")), "one multiply-add per kernel "
         "tap, per output pixel, per channel"),
     "ch08.ex4": Exercise("measure", "what the FFT path costs in parameters", check_dss_params,
-                         "DSSModule(32, 2, StagePlan('hilbert', 2), d_state=8, headdim=8, "
-                         "use_fft=...); sum p.numel() over its parameters"),
+                         "DSSModule(32, 2, StagePlan('hilbert', 2), preset('tiny', d_state=8, "
+                         "headdim=8, use_fft=...)); sum p.numel() over its parameters"),
     "ch08.ex5": Exercise("conceptual", "a shift as a filter"),
     "ch09.ex1": Exercise("measure", "a plan at a quarter of the cost", check_quarter_plan,
                          "plan_cost(plan, PAPER_SIZES)[-1]['scanned_tokens'] over the uniform "
