@@ -14,9 +14,6 @@ A run directory holds
 fsync), and only then deletes the files of the previous step. A crash at any moment therefore
 leaves a manifest that points at complete files: the previous checkpoint or the new one.
 
-`build_detector` builds any of the three detectors by name; `load_detector` rebuilds one from a
-manifest (encoder weights come from the checkpoint, never downloaded again) and loads its state.
-
 Glossary: `state` the model's state dict; `optim_tensors` / `optim_meta` the optimizer state dict
 split into tensors (safetensors) and JSON scalars; `meta` the JSON manifest.
 """
@@ -28,16 +25,18 @@ import json
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from mambaadv2_ref.config import DETECTORS
+from mambaadv2_ref.config_tools import model_config_diff
+
 MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
-MODEL_NAMES = ("mambaadv2", "mambaad", "patchcore")
 
 
 @dataclass
@@ -174,15 +173,15 @@ def save_checkpoint(run_dir, model: torch.nn.Module, optimizer=None, *, step: in
         model: the detector; its full `state_dict()` is saved.
         optimizer: optional torch optimizer.
         step: number of optimisation steps done.
-        meta: JSON-ready dict; must hold "model" (one of MODEL_NAMES) and "model_config".
+        meta: JSON-ready dict; must hold "model" (one of DETECTORS) and "model_config".
 
     Returns:
         path of the manifest.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if meta.get("model") not in MODEL_NAMES:
-        raise ValueError(f"meta['model'] must be one of {MODEL_NAMES}, got {meta.get('model')!r}")
+    if meta.get("model") not in DETECTORS:
+        raise ValueError(f"meta['model'] must be one of {DETECTORS}, got {meta.get('model')!r}")
     files = {}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     files["weights"] = _save_tensors(run_dir, f"weights-step{step:07d}.safetensors", state)
@@ -230,7 +229,7 @@ def load_checkpoint(run_dir, *, model_name: str | None = None,
         run_dir: run directory holding `checkpoint.json`.
         model_name: if given, the stored model name must equal it.
         model_config: if given, the stored model config must equal it (differences are listed),
-            except for the compute-only `model.config.COMPUTE_SETTINGS`.
+            except for the compute-only `config.COMPUTE_SETTINGS`.
         with_optimizer: also read the optimizer tensors.
 
     Returns:
@@ -244,8 +243,8 @@ def load_checkpoint(run_dir, *, model_name: str | None = None,
     for key in ("model", "model_config", "step", "files"):
         if key not in meta:
             raise ValueError(f"{run_dir / MANIFEST} lacks the key {key!r}")
-    if meta["model"] not in MODEL_NAMES:
-        raise ValueError(f"checkpoint model {meta['model']!r} is not one of {MODEL_NAMES}")
+    if meta["model"] not in DETECTORS:
+        raise ValueError(f"checkpoint model {meta['model']!r} is not one of {DETECTORS}")
     if model_name is not None and meta["model"] != model_name:
         raise ValueError(f"checkpoint in {run_dir} holds model {meta['model']!r}, "
                          f"not {model_name!r}")
@@ -270,97 +269,3 @@ def _load_tensors(run_dir: Path, entry: dict) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint file {path} does not match the SHA-256 in {MANIFEST} "
                          "(corrupted or overwritten)")
     return load_file(str(path))
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "<absent>"
-
-
-def config_diff(stored: dict, wanted: dict) -> list[str]:
-    """List the keys where two config dicts differ (compared as JSON), as 'key: a -> b'."""
-    stored, wanted = json.loads(json.dumps(stored)), json.loads(json.dumps(wanted))
-    absent = _Absent()
-    keys = sorted(set(stored) | set(wanted))
-    return [f"{k}: {stored.get(k, absent)!r} -> {wanted.get(k, absent)!r}" for k in keys
-            if k not in stored or k not in wanted or stored[k] != wanted[k]]
-
-
-def model_config_diff(stored: dict, wanted: dict) -> list[str]:
-    """`config_diff` of two model configs, ignoring `model.config.COMPUTE_SETTINGS` (how the
-    model is computed, not what its weights mean: a checkpoint written with another scan
-    backend, or before a compute setting existed, still loads)."""
-    from mambaadv2_ref.model.config import COMPUTE_SETTINGS
-
-    def identity(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in COMPUTE_SETTINGS}
-
-    return config_diff(identity(stored), identity(wanted))
-
-
-# ----------------------------------------------------------------------------- detectors
-def model_config_fields(model: str) -> set[str]:
-    """Names of the config fields of detector `model` (what `--set` may override)."""
-    from mambaadv2_ref.model.config import ModelConfig
-    from mambaadv2_ref.model.patchcore import PatchCoreConfig
-
-    if model not in MODEL_NAMES:
-        raise ValueError(f"model must be one of {MODEL_NAMES}, got {model!r}")
-    return {f.name for f in fields(PatchCoreConfig if model == "patchcore" else ModelConfig)}
-
-
-def build_detector(model: str, profile: str = "tiny", encoder: str | None = None,
-                   pretrained: bool = True, overrides: dict | None = None) -> torch.nn.Module:
-    """Build a detector by name: `build_model` for mambaadv2/mambaad, else `PatchCore`.
-
-    Args:
-        model: one of MODEL_NAMES.
-        profile: size preset; PatchCore takes the preset's encoder and image size.
-        encoder: encoder name (None = the preset's).
-        pretrained: load the encoder's ImageNet weights.
-        overrides: config fields to override.
-    """
-    from mambaadv2_ref.model.config import preset
-    from mambaadv2_ref.model.patchcore import PatchCore, PatchCoreConfig
-
-    if model not in MODEL_NAMES:
-        raise ValueError(f"model must be one of {MODEL_NAMES}, got {model!r}")
-    overrides = dict(overrides or {})
-    if model != "patchcore":
-        from mambaadv2_ref.model.factory import build_model
-
-        return build_model(model=model, profile=profile, encoder=encoder, pretrained=pretrained,
-                           **overrides)
-    base = preset(profile)
-    values = {"encoder": encoder or base.encoder, "image_size": base.image_size, **overrides}
-    return PatchCore(PatchCoreConfig.from_dict(values), pretrained=pretrained)
-
-
-def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the detector saved in `run_dir` and load its weights (frozen encoder included).
-
-    Returns:
-        (model in eval mode on `device`, the manifest).
-    """
-    ckpt = load_checkpoint(run_dir)
-    stored = dict(ckpt.meta["model_config"])
-    name = ckpt.meta["model"]
-    if name == "patchcore":
-        fixed = {}
-        rest = stored
-    else:
-        fixed = {k: stored.pop(k) for k in ("profile", "encoder") if k in stored}
-        stored.pop("model", None)
-        rest = {k: v for k, v in stored.items() if k != "pretrained"}
-    model = build_detector(name, profile=fixed.get("profile", "tiny"),
-                           encoder=fixed.get("encoder"), pretrained=False, overrides=rest)
-    diff = [d for d in model_config_diff(ckpt.meta["model_config"], model.config.to_dict())
-            if not d.startswith("pretrained:")]
-    if diff:
-        raise ValueError(f"the model rebuilt from {run_dir} differs from its stored config: "
-                         + "; ".join(diff))
-    try:
-        model.load_state_dict(ckpt.state)
-    except RuntimeError as err:
-        raise ValueError(f"weights in {run_dir} do not fit model {name!r}: {err}") from err
-    return model.to(device).eval(), ckpt.meta

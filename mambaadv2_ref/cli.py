@@ -1,8 +1,8 @@
 """Command line: `python -m mambaadv2_ref {train,evaluate,predict,bench}` (also `mambaadv2-ref`).
 
 Each subcommand parses its arguments here and calls one function of the package:
-train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict,
-bench scan -> scans.bench.run_scan_bench, bench model -> evaluate.bench_model. Errors that come
+train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict, bench scan ->
+studies.scan_bench.run_scan_bench, bench model -> studies.speed.bench_model. Errors that come
 from bad input (ValueError, TypeError, FileNotFoundError, unavailable pretrained weights) are
 printed as one clean message with exit status 2.
 """
@@ -10,38 +10,14 @@ printed as one clean message with exit status 2.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
 from pathlib import Path
 
+from mambaadv2_ref.config import DETECTORS, MODELS, PROFILES, default_profile_name
+from mambaadv2_ref.config_tools import parse_sets
 from mambaadv2_ref.model.encoder import PretrainedWeightsUnavailable
-from mambaadv2_ref.profiles import PROFILES
-
-MODELS = ("mambaadv2", "mambaad", "patchcore")
-
-
-def parse_sets(pairs: list[str] | None) -> dict:
-    """Parse `--set key=value` pairs; values are Python literals (1, 0.5, True, [1, 2]) or text.
-
-    Args:
-        pairs: strings "key=value".
-
-    Returns:
-        dict key -> value.
-    """
-    out = {}
-    for pair in pairs or []:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        out[key.strip()] = value
-    return out
 
 
 def _classes(text: str | None) -> list[str] | None:
@@ -59,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root in the MVTec layout (default: embedded dataset)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="size preset (default: $MAMBAADV2_PROFILE, else paper on GPU, tiny on CPU)")
-    p.add_argument("--model", choices=MODELS, default="mambaadv2")
+    p.add_argument("--model", choices=DETECTORS, default="mambaadv2")
     p.add_argument("--encoder", default=None, help="timm encoder name (default: the profile's)")
     n = p.add_mutually_exclusive_group()
     n.add_argument("--steps", type=int, default=None, help="optimisation steps")
@@ -97,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench_scan.json", help="JSON file to write")
     b.add_argument("--device", default="auto")
     b = bsub.add_parser("model", help="training/inference images/s and peak memory")
-    b.add_argument("--model", choices=MODELS[:2], default="mambaadv2")
+    b.add_argument("--model", choices=MODELS, default="mambaadv2")
     b.add_argument("--profile", choices=sorted(PROFILES), default=None)
     b.add_argument("--encoder", default=None)
     b.add_argument("--device", default="auto")
@@ -109,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from mambaadv2_ref.checkpoint import model_config_fields
-    from mambaadv2_ref.profiles import default_profile_name
-    from mambaadv2_ref.train import TrainConfig, config_from_sets, train
+    from mambaadv2_ref.model.detectors import model_config_fields
+    from mambaadv2_ref.train import train
+    from mambaadv2_ref.train_config import TrainConfig, config_from_sets
 
     cfg = TrainConfig(out=args.out, data=args.data, model=args.model,
                       profile=args.profile or default_profile_name(), encoder=args.encoder,
@@ -140,12 +116,11 @@ def _predict(args) -> None:
 def _bench(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.target == "scan":
-        from mambaadv2_ref.scans.bench import run_scan_bench
+        from mambaadv2_ref.studies.scan_bench import run_scan_bench
 
         run_scan_bench(args.device, out_path=args.out)  # prints and saves as it goes
     else:
-        from mambaadv2_ref.evaluate import bench_model
-        from mambaadv2_ref.profiles import default_profile_name
+        from mambaadv2_ref.studies.speed import bench_model
 
         result = bench_model(args.model, profile=args.profile or default_profile_name(),
                              encoder=args.encoder, device=args.device,

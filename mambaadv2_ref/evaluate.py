@@ -1,4 +1,4 @@
-"""Evaluation: per-class metrics of a trained run, and the efficiency benchmark of a model.
+"""Evaluation: per-class metrics of a trained run.
 
 `evaluate` runs `anomaly_map` over each class's test split, computes the seven metrics and mAD
 (mambaadv2_ref.metrics), prints a per-class table and writes RUN_DIR/metrics.json:
@@ -12,8 +12,7 @@
 With `save_maps`, RUN_DIR/maps/<cls>.npz holds scores (N,), labels (N,), maps (N, H, W), masks
 (N, H, W) and paths (N,).
 
-`bench_model` times training steps and anomaly-map inference of `build_model` at a profile and
-reports images/s and peak memory.
+(The speed benchmark of a model is `studies.speed.bench_model`.)
 """
 
 from __future__ import annotations
@@ -26,16 +25,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mambaadv2_ref.checkpoint import load_detector, write_json
+from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
 from mambaadv2_ref.metrics import aggregate, compute_metrics, f1max_threshold
-from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
-from mambaadv2_ref.timing import (
-    peak_memory_bytes,
-    reset_peak_memory,
-    seconds_per_call,
-    synchronize,
-)
+from mambaadv2_ref.model.detectors import load_detector
+from mambaadv2_ref.runtime import resolve_device
+from mambaadv2_ref.timing import synchronize
 
 METRIC_KEYS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO", "mAD")
 
@@ -133,63 +128,3 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
     print(f"{images} test images, {images / seconds:.1f} images/s on {device}")
     write_json(run_dir / "metrics.json", result)
     return result
-
-
-def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | None = None,
-                device="auto", batch_size: int | None = None, iters: int = 5,
-                overrides: dict | None = None, precision: str = "auto") -> dict:
-    """Training and inference throughput (images/s) and peak memory of `build_model`.
-
-    Training step = forward + reconstruction loss + backward + AdamW step, under bf16 autocast
-    on CUDA when `precision="bf16"` (or "auto" on a GPU with native bf16, as `train`), in
-    float32 with `precision="fp32"`; inference =
-    `anomaly_map` (float32). Random weights and random images: the speed does not depend on them.
-
-    Returns:
-        dict with model, profile, device, image_size, batch_size, parameters,
-        train_images_per_s, infer_images_per_s, peak memory (CUDA bytes, else process max RSS).
-    """
-    from mambaadv2_ref.model.factory import build_model
-    from mambaadv2_ref.model.loss import reconstruction_loss
-
-    device = resolve_device(device)
-    bf16 = use_bf16(device, precision)
-    prof = get_profile(profile)
-    batch_size = batch_size or prof.batch_size
-    net = build_model(model=model, profile=profile, encoder=encoder, pretrained=False,
-                      **(overrides or {})).to(device)
-    size = net.config.image_size
-    images = torch.randn(batch_size, 3, size, size, device=device)
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-
-    def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            enc, dec = net(images)
-        loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def timed(fn) -> float:
-        return batch_size / seconds_per_call(fn, device, warmup=2, iters=iters)
-
-    reset_peak_memory(device)
-    net.train()
-    t0 = time.perf_counter()  # the first step holds kernel compilation (Triton) and allocation
-    train_step()
-    synchronize(device)
-    first_step_s = time.perf_counter() - t0
-    train_ips = timed(train_step)
-    train_peak = peak_memory_bytes(device)
-    reset_peak_memory(device)
-    infer_ips = timed(lambda: net.anomaly_map(images))
-    return {"model": model, "profile": profile, "precision": precision, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else "cpu", "image_size": size, "batch_size": batch_size, "iters": iters,
-            "parameters": sum(p.numel() for p in net.parameters()),
-            "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
-            "train_images_per_s": train_ips, "infer_images_per_s": infer_ips,
-            "first_step_s": first_step_s,
-            "train_peak_memory_bytes": train_peak, "infer_peak_memory_bytes":
-            peak_memory_bytes(device), "peak_memory_kind": "cuda max_memory_allocated"
-            if device.type == "cuda" else "process max RSS (whole process, cumulative)"}

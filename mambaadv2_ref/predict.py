@@ -1,7 +1,7 @@
 """Prediction: anomaly heatmap overlays and image scores for arbitrary image files.
 
 `predict(run_dir, images, out)` writes, for every image, `<name>_overlay.png` (the input beside
-the input overlaid with its anomaly map, drawn by `viz.plots.plot_heatmap_overlay`) and one
+the input overlaid with its anomaly map, drawn by `overlay.plot_heatmap_overlay`) and one
 `scores.csv` with columns path, score and, when a threshold is known, threshold and
 is_anomalous (score >= threshold). The threshold is the F1-optimal image threshold that
 `evaluate` stored in RUN_DIR/metrics.json for the chosen class (`cls`), or for the run's only
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from mambaadv2_ref.checkpoint import load_detector
 from mambaadv2_ref.data.mvtec import IMAGE_EXTENSIONS
 from mambaadv2_ref.data.transforms import denormalise, load_image
-from mambaadv2_ref.profiles import resolve_device
-from mambaadv2_ref.viz.plots import plot_heatmap_overlay
+from mambaadv2_ref.model.detectors import load_detector
+from mambaadv2_ref.overlay import plot_heatmap_overlay
+from mambaadv2_ref.runtime import resolve_device
 
 
 def list_images(images) -> list[Path]:

@@ -6,14 +6,10 @@ calls that keep compilation and allocation out of the numbers.
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
@@ -72,32 +68,3 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def environment(device: torch.device | None = None) -> dict:
-    """Date, host, library versions and scan backends, stored beside every measured result.
-
-    Args:
-        device: the device measured on (None: cuda when available, else cpu).
-    """
-    from mambaadv2_ref.scans import available_backends
-
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads(),
-           "backends": {k: list(v) for k, v in available_backends().items()}}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-        env["cpu_count"] = os.cpu_count()
-        env["load_average_1_5_15min"] = list(os.getloadavg())
-    for package in ("triton", "mamba_ssm"):
-        try:
-            env[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return env
-

@@ -1,11 +1,14 @@
 """Training: one model on all classes (multi-class), MambaAD's recipe, exact resume.
 
-Recipe (mambaad_family.md §1.4): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
+Recipe (book appendix A.1): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
 betas 0.9/0.999, wd 1e-4, no weight decay on 1-D parameters and biases); gradient norm clipped at
 5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on GPUs that
-compute in bf16 natively (`profiles.use_bf16`, setting `precision`), float32 elsewhere.
+compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere.
 
-Exact resume: the batch of step t is a pure function of (seed, t) (`StepBatchSampler`), the
+One step is `train_step` (forward, loss, backward, clipping, AdamW): `train` runs it on the data,
+`studies.speed.bench_model` times it on random images.
+
+Exact resume: the batch of step t is a pure function of (seed, t) (`sampler.StepBatchSampler`), the
 learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
 state and the RNG states; so 6 steps straight and 3 + resume 3 give identical weights.
 
@@ -19,90 +22,23 @@ rank; `lr` base learning rate; `history` logged (step, loss, lr, images/s) recor
 from __future__ import annotations
 
 import os
-import random
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mambaadv2_ref.checkpoint import (
-    MANIFEST,
-    build_detector,
-    config_diff,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
+from mambaadv2_ref.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, set_rng_state
+from mambaadv2_ref.config import get_profile, scaled_lr
+from mambaadv2_ref.config_tools import config_diff
 from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
+from mambaadv2_ref.model.detectors import build_detector
 from mambaadv2_ref.model.loss import reconstruction_loss
-from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; `--set key=value` reaches the fields marked settable.
-
-    Args:
-        out: run directory (checkpoints, logs).
-        data: dataset root in the MVTec layout; None = the embedded dataset.
-        model: "mambaadv2", "mambaad" or "patchcore".
-        profile: "tiny", "small" or "paper" (image size, batch size, default steps, lr).
-        encoder: encoder name; None = the model's default.
-        steps: number of optimisation steps; None = from `epochs`, else the profile's.
-        epochs: number of epochs (converted to steps); exclusive with `steps`.
-        classes: class names; None = all classes of the dataset.
-        device: "auto", "cpu" or "cuda[:N]".
-        resume: continue from the checkpoint in `out`.
-        model_overrides: model config fields to override (from `--set`).
-        image_size, batch_size, lr: None = the profile's.
-        seed: seeds python, numpy, torch and the data order.
-        pretrained: load the encoder's pretrained weights.
-        checkpoint_every: save every N steps (0 = only at the end).
-        log_every: steps between history records.
-        num_workers: DataLoader worker processes.
-        weight_decay, clip_grad, lr_decay_at, lr_decay: the optimiser recipe (§1.4).
-        stop_at: stop after this many steps as if interrupted (time-boxed runs, resume tests).
-        precision: "auto" (bf16 autocast on GPUs with native bf16, else float32), "bf16", "fp32".
-    """
-
-    out: str
-    data: str | None = None
-    model: str = "mambaadv2"
-    profile: str = "tiny"
-    encoder: str | None = None
-    steps: int | None = None
-    epochs: int | None = None
-    classes: list[str] | None = None
-    device: str = "auto"
-    resume: bool = False
-    model_overrides: dict = field(default_factory=dict)
-    image_size: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 42
-    pretrained: bool = True
-    checkpoint_every: int = 500
-    log_every: int = 10
-    num_workers: int = 0
-    weight_decay: float = 1e-4
-    clip_grad: float = 5.0
-    lr_decay_at: float = 0.8
-    lr_decay: float = 0.1
-    stop_at: int | None = None
-    precision: str = "auto"
-
-
-SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",
-            "log_every", "num_workers", "weight_decay", "clip_grad", "lr_decay_at", "lr_decay",
-            "stop_at", "precision")
-# settings that must not change when a run is resumed
-RESUME_KEYS = ("data", "classes", "image_size", "batch_size", "lr", "seed", "num_steps",
-               "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size")
+from mambaadv2_ref.runtime import resolve_device, seed_everything, use_bf16
+from mambaadv2_ref.sampler import StepBatchSampler
+from mambaadv2_ref.train_config import RESUME_KEYS, TrainConfig
 
 
 def steady_images_per_s(history: list[dict]) -> float:
@@ -116,22 +52,15 @@ def step_lr(step: int, num_steps: int, lr: float, decay_at: float = 0.8,
             decay: float = 0.1) -> float:
     """Learning rate of step `step`: `lr`, times `decay` from `decay_at * num_steps` on.
 
-    Implements: the single x0.1 StepLR decay at 80% of training (mambaad_family.md §1.4).
+    Implements: the single x0.1 StepLR decay at 80% of training (book appendix A.1).
     """
     return lr * decay if step >= decay_at * num_steps else lr
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's `random`, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def param_groups(params, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices/kernels, none on 1-D parameters (biases, norms).
 
-    Implements: ADer's `get_optim` grouping (mambaad_family.md §1.4).
+    Implements: ADer's `get_optim` grouping (book appendix A.1).
     """
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
@@ -140,52 +69,29 @@ def param_groups(params, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-class StepBatchSampler:
-    """Index batches for steps `start_step .. num_steps-1`; batch t depends only on (seed, t).
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float
+                   ) -> torch.optim.AdamW:
+    """AdamW(betas 0.9/0.999, eps 1e-8) over `param_groups` of the trainable parameters."""
+    return torch.optim.AdamW(param_groups(model.parameters(), weight_decay), lr=lr,
+                             betas=(0.9, 0.999), eps=1e-8)
 
-    Epoch e = t // steps_per_epoch is the permutation of `DistributedSampler` seeded with
-    (seed, e) (rank's shard when distributed); batch t is slice t % steps_per_epoch of it
-    (drop_last). Resuming at step t therefore replays exactly the batches a straight run sees.
 
-    Args:
-        num_items: dataset length.
-        batch_size: per-rank batch size.
-        num_steps: last step (exclusive).
-        seed: data-order seed.
-        start_step: first step.
-        rank, world_size: process rank and count (1 = single process).
+def train_step(model, optimizer, images: torch.Tensor, clip_grad: float = 5.0,
+               bf16: bool = False) -> torch.Tensor:
+    """One optimisation step; returns the loss (detached).
+
+    Implements: loss = sum_k 5 MSE(enc_k, dec_k) (`reconstruction_loss`), backward, gradient
+    norm clipped at `clip_grad`, AdamW step (book appendix A.1). The forward runs under bf16
+    autocast when `bf16`; the loss is computed in float32.
     """
-
-    def __init__(self, num_items: int, batch_size: int, num_steps: int, seed: int,
-                 start_step: int = 0, rank: int = 0, world_size: int = 1):
-        self.sampler = DistributedSampler(range(num_items), num_replicas=world_size, rank=rank,
-                                          shuffle=True, seed=seed, drop_last=True)
-        self.batch_size = batch_size
-        self.steps_per_epoch = len(self.sampler) // batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size={batch_size} x world_size={world_size} exceeds the "
-                             f"{num_items} training images; lower it with --set batch_size=N")
-        self.num_steps, self.start_step = num_steps, start_step
-
-    def batch(self, step: int, order: list[int] | None = None) -> list[int]:
-        """Indices of the batch of step `step` (optionally given that epoch's order)."""
-        epoch, b = divmod(step, self.steps_per_epoch)
-        if order is None:
-            self.sampler.set_epoch(epoch)
-            order = list(self.sampler)
-        return order[b * self.batch_size:(b + 1) * self.batch_size]
-
-    def __iter__(self):
-        epoch, order = None, None
-        for step in range(self.start_step, self.num_steps):
-            if step // self.steps_per_epoch != epoch:
-                epoch = step // self.steps_per_epoch
-                self.sampler.set_epoch(epoch)
-                order = list(self.sampler)
-            yield self.batch(step, order)
-
-    def __len__(self) -> int:
-        return max(0, self.num_steps - self.start_step)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        enc, dec = model(images)
+    loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip_grad)
+    optimizer.step()
+    return loss.detach()
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -228,7 +134,7 @@ def train(cfg: TrainConfig) -> dict:
     profile = get_profile(cfg.profile)
     image_size = cfg.image_size or profile.image_size
     batch_size = cfg.batch_size or profile.batch_size
-    lr = cfg.lr if cfg.lr is not None else 0.005 * batch_size * world_size / 16
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(batch_size * world_size)
     seed_everything(cfg.seed)
     root = Path(cfg.data) if cfg.data else embedded_dataset_root()
     dataset = MVTecDataset(root, classes=cfg.classes, split="train", image_size=image_size)
@@ -253,8 +159,7 @@ def train(cfg: TrainConfig) -> dict:
     sampler_probe = StepBatchSampler(len(dataset), batch_size, 1, cfg.seed, 0, rank, world_size)
     num_steps = _num_steps(cfg, sampler_probe.steps_per_epoch, profile)
     settings["num_steps"] = num_steps
-    optimizer = torch.optim.AdamW(param_groups(model.parameters(), cfg.weight_decay), lr=lr,
-                                  betas=(0.9, 0.999), eps=1e-8)
+    optimizer = make_optimizer(model, lr, cfg.weight_decay)
     start = 0
     if cfg.resume and (Path(cfg.out) / MANIFEST).exists():
         start, meta = _resume(cfg, model, optimizer, meta)
@@ -271,7 +176,6 @@ def train(cfg: TrainConfig) -> dict:
     bf16 = use_bf16(device, cfg.precision)
     meta["train"]["bf16_autocast"] = bf16
     every = cfg.checkpoint_every
-    trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc=f"train {cfg.model}")
     t_run = t_window = time.perf_counter()
@@ -280,14 +184,7 @@ def train(cfg: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
         images = batch["image"].to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            enc, dec = train_model(images)
-        loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
-        optimizer.step()
-        loss_sum += loss.detach()
+        loss_sum += train_step(train_model, optimizer, images, cfg.clip_grad, bf16)
         window_steps += 1
         window_images += images.shape[0] * world_size
         done = step + 1
@@ -343,25 +240,3 @@ def _fit_patchcore(model, dataset, batch_size: int, device, cfg: TrainConfig, me
                          memory_bank_size=int(model.memory_bank.shape[0]))
     save_checkpoint(cfg.out, model, None, step=0, meta=meta)
     return meta
-
-
-def config_from_sets(cfg: TrainConfig, sets: dict, model_fields: set[str]) -> TrainConfig:
-    """Apply `--set key=value` pairs: training fields in SETTABLE, else model config fields.
-
-    Args:
-        cfg: the config to update (a copy is returned).
-        sets: parsed key -> value.
-        model_fields: names of the chosen model's config fields.
-    """
-    values = asdict(cfg)
-    overrides = dict(cfg.model_overrides)
-    for key, value in sets.items():
-        if key in SETTABLE:
-            values[key] = value
-        elif key in model_fields:
-            overrides[key] = value
-        else:
-            raise ValueError(f"--set {key}=...: unknown key. Training keys: {list(SETTABLE)}; "
-                             f"model config keys: {sorted(model_fields)}")
-    values["model_overrides"] = overrides
-    return TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)})

@@ -21,7 +21,7 @@ from mambaadv2_ref.blocks.hss import HSS, HSSBlock
 from mambaadv2_ref.blocks.lss import LSSModule
 from mambaadv2_ref.blocks.norms import RMSNormGated, rms_norm
 from mambaadv2_ref.blocks.ss2d import SS2D
-from mambaadv2_ref.model.config import ModelConfig
+from mambaadv2_ref.config import ModelConfig
 from mambaadv2_ref.scanning import StagePlan, build_orders, inverse
 
 PLAN2 = StagePlan("hilbert", 2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mambaadv2_ref import checkpoint as ck
+from mambaadv2_ref.config_tools import config_diff
 
 META = {"model": "mambaadv2", "model_config": {"d_state": 4, "plan": [1, 2]}}
 
@@ -111,6 +112,6 @@ def test_rng_state_round_trip_through_json():
 
 
 def test_config_diff_lists_changed_and_absent_keys():
-    assert ck.config_diff({"a": (1, 2)}, {"a": [1, 2]}) == []
-    assert ck.config_diff({"a": 1, "b": 2}, {"a": 1, "c": 3}) == [
+    assert config_diff({"a": (1, 2)}, {"a": [1, 2]}) == []
+    assert config_diff({"a": 1, "b": 2}, {"a": 1, "c": 3}) == [
         "b: 2 -> <absent>", "c: <absent> -> 3"]

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from mambaadv2_ref.checks import EXERCISES, STRICT_ENV, check, verdict
+from mambaadv2_ref.config import preset
 from mambaadv2_ref.metrics.summary import ALL_KEYS
-from mambaadv2_ref.model import build_model, preset
+from mambaadv2_ref.model import build_model
 from mambaadv2_ref.scanning import ScanPlan, StagePlan, curve_order, get_plan, locality_stats
 from mambaadv2_ref.scans import segsum
 from mambaadv2_ref.scans.lti import ssm_kernel

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from mambaadv2_ref.cli import main, parse_sets
+from mambaadv2_ref.cli import main
+from mambaadv2_ref.config_tools import parse_sets
 from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.evaluate import METRIC_KEYS
 

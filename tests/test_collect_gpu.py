@@ -13,7 +13,8 @@ import pytest
 from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.evaluate import METRIC_KEYS, evaluate
 from mambaadv2_ref.studies import ablations, collect_gpu
-from mambaadv2_ref.train import TrainConfig, train
+from mambaadv2_ref.train import train
+from mambaadv2_ref.train_config import TrainConfig
 
 SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4}
 

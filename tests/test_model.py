@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import skip_unless_kernel
 
+from mambaadv2_ref.config import modules_per_stage
 from mambaadv2_ref.model import (
     ModelConfig,
     anomaly_maps,
@@ -23,7 +24,6 @@ from mambaadv2_ref.model import (
     reconstruction_loss,
 )
 from mambaadv2_ref.model.anomaly_map import cosine_distance_maps
-from mambaadv2_ref.model.config import modules_per_stage
 from mambaadv2_ref.model.fusion import HalfFPNBottleneck
 
 # smaller than tiny so that the 256 px and 224 x 320 shape tests stay fast

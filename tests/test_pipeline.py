@@ -5,14 +5,9 @@ import torch
 
 from mambaadv2_ref.checkpoint import load_checkpoint
 from mambaadv2_ref.data import make_tiny_dataset
-from mambaadv2_ref.train import (
-    StepBatchSampler,
-    TrainConfig,
-    config_from_sets,
-    param_groups,
-    step_lr,
-    train,
-)
+from mambaadv2_ref.sampler import StepBatchSampler
+from mambaadv2_ref.train import param_groups, step_lr, train
+from mambaadv2_ref.train_config import TrainConfig, config_from_sets
 
 # the tiny profile shrunk further: 64 px, batch 2, random encoder (no weights needed), a narrow
 # decoder with 2 scan directions
@@ -79,7 +74,7 @@ def test_config_from_sets_routes_and_rejects_keys():
 
 
 def test_bf16_only_where_the_device_computes_it(monkeypatch):
-    from mambaadv2_ref.profiles import use_bf16
+    from mambaadv2_ref.runtime import use_bf16
 
     cpu = torch.device("cpu")
     assert not use_bf16(cpu, "auto") and not use_bf16(cpu, "bf16")
@@ -90,3 +85,21 @@ def test_bf16_only_where_the_device_computes_it(monkeypatch):
         assert use_bf16(cuda, "bf16") and not use_bf16(cuda, "fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         use_bf16(cpu, "fp16")
+
+
+def test_train_runs_train_step(data, tmp_path, monkeypatch):
+    """`train` makes one call of `train_step` per step (the step `bench_model` times)."""
+    from mambaadv2_ref import train as train_module
+
+    calls = []
+    real = train_module.train_step
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", spy)
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=str(data), steps=2, device="cpu",
+                      model_overrides=SMALL_MODEL, **FAST)
+    train(cfg)
+    assert len(calls) == 2

@@ -6,10 +6,10 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from mambaadv2_ref.scanning import PLAN_NAMES, build_orders, get_plan, locality_table, plan_cost
+from mambaadv2_ref.tables import markdown_table
 from mambaadv2_ref.viz.scan_explorer import (
     explorer_figure,
     locality_figure,
-    markdown_table,
     plan_costs_figure,
     plot_scan_path,
     scan_explorer,

@@ -50,7 +50,7 @@ def test_unknown_ablation_is_named(tmp_path, capsys):
 
 def test_speed_grid_records_every_combination(tmp_path):
     rows = speed.speed_grid("tiny", device="cpu", iters=1, batch_size=1)
-    assert len(rows) == len(speed.MODELS) * 2 * len(speed.PRECISIONS)
+    assert len(rows) == len(speed.MODELS) * 2 * len(speed.GRID_PRECISIONS)
     for row in rows:
         if row["backend"] == "mamba_ssm":  # no GPU here: recorded with its reason
             assert row["skipped"]
@@ -104,3 +104,67 @@ def test_block_checkpointing_keeps_less_for_backward():
         net = build_model("mambaadv2", "tiny", pretrained=False, image_size=64, **flags)
         kept[name] = saved_for_backward_bytes(lambda net=net: net(images))
     assert kept["block"] < kept["matrix"] < kept["none"]
+
+
+def test_bench_model_times_the_training_step(monkeypatch):
+    from mambaadv2_ref import train as train_module
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs or args[3:])
+        return train_module.train_step(*args, **kwargs)
+
+    monkeypatch.setattr(speed, "train_step", spy)
+    result = speed.bench_model("mambaadv2", "tiny", device="cpu", batch_size=1, iters=1,
+                               overrides={"image_size": 64, "dims": (16, 8, 8, 8),
+                                          "headdim": 8, "d_state": 4})
+    assert len(calls) == 3 and result["train_images_per_s"] > 0  # 2 warm-up calls + 1 timed
+
+
+@pytest.mark.parametrize("loader, name, key", [
+    (speed.load_table, "speed_paper_gpu.json", "backend"),
+    (scaling.load_table, "scaling_paper_gpu.json", "tokens"),
+    (ablations.load_table, "ablations_embedded_tiny_cpu.json", "mAD"),
+    ("scan_bench", "scan_bench_cpu.json", "method"),
+    ("pipeline_results", "pipeline_results.json", "AUPRO"),
+    ("collect_gpu", "gpu_training.json", "world_size"),
+])
+def test_every_study_reads_its_committed_table(loader, name, key):
+    from mambaadv2_ref.studies import collect_gpu, pipeline_results, scan_bench
+    from mambaadv2_ref.studies.results import RESULTS_DIR
+    from mambaadv2_ref.tables import markdown_table
+
+    loader = {"scan_bench": scan_bench.load_table, "pipeline_results":
+              pipeline_results.load_table, "collect_gpu": collect_gpu.load_training_table
+              }.get(loader, loader)
+    rows = loader(RESULTS_DIR / name)
+    assert rows and any(key in r for r in rows)
+    assert markdown_table(rows).count("\n") == len(rows) + 1
+
+
+def test_pipeline_runs_drives_the_command_line(tmp_path, monkeypatch):
+    from mambaadv2_ref.studies import pipeline_runs
+
+    calls = []
+
+    def fake_cli(*args):
+        calls.append(args)
+        if args[:2] == ("bench", "model"):
+            out = args[args.index("--out") + 1]
+            rate = 40.0 if "mambaad" in args else 80.0
+            with open(out, "w") as f:
+                json.dump({"train_images_per_s": rate, "batch_size": 8}, f)
+        return 1 if args[:2] == ("evaluate", "--run") and args[2].endswith("mambaad") else 0
+
+    monkeypatch.setattr(pipeline_runs, "cli", fake_cli)
+    failed = pipeline_runs.run_dataset("emb", "-", "tiny", "auto", tmp_path, "cpu", budget_s=20,
+                                       models=("mambaadv2", "mambaad"))
+    assert failed == ["mambaad"]                      # its evaluate failed, the other still ran
+    train = [c for c in calls if c[0] == "train"]
+    assert [c[c.index("--steps") + 1] for c in train] == ["100", "100"]  # 20 s x 40 / 8 = 100
+    assert "--data" not in train[0] and (tmp_path / "emb" / "hardware.txt").exists()
+    with pytest.raises(ValueError, match="steps"):
+        pipeline_runs.run_dataset("emb", "-", "tiny", "many", tmp_path)
+    with pytest.raises(ValueError, match="nope"):
+        pipeline_runs.run_dataset("emb", "-", "tiny", "5", tmp_path, models=("nope",))

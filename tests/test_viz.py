@@ -6,6 +6,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from mambaadv2_ref import overlay
 from mambaadv2_ref.scans.lti import impulse_response, kernel_matrix
 from mambaadv2_ref.viz import plots, widgets
 from mambaadv2_ref.viz.chapter import ChapterEnv, setup_chapter
@@ -64,15 +65,15 @@ def test_heatmap_overlay_panels_and_checks():
     image, maps = np.random.rand(8, 8, 3), np.random.rand(8, 8)
     masks = np.zeros((8, 8))
     masks[2:4, 2:4] = 1
-    fig = plots.plot_heatmap_overlay(image, maps, masks, alpha=0.3, threshold=0.5)
+    fig = overlay.plot_heatmap_overlay(image, maps, masks, alpha=0.3, threshold=0.5)
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["image", "anomaly map", "ground-truth mask"]
     assert panels[1].get_images()[1].get_alpha() == 0.3
-    assert len(plots.plot_heatmap_overlay(image, maps).axes) == 3  # 2 panels + colour bar
+    assert len(overlay.plot_heatmap_overlay(image, maps).axes) == 3  # 2 panels + colour bar
     with pytest.raises(ValueError, match="alpha"):
-        plots.plot_heatmap_overlay(image, maps, alpha=2)
+        overlay.plot_heatmap_overlay(image, maps, alpha=2)
     with pytest.raises(ValueError, match="share H, W"):
-        plots.plot_heatmap_overlay(image, np.zeros((4, 4)))
+        overlay.plot_heatmap_overlay(image, np.zeros((4, 4)))
 
 
 def test_image_grid_hides_empty_cells():

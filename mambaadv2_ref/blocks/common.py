@@ -24,7 +24,7 @@ class DirectionScanner(nn.Module):
     Args:
         plan: StagePlan (curve, num_directions).
 
-    Implements: the HS encoder / decoder of MambaAD (mambaad_family.md section 1.3) through
+    Implements: the HS encoder / decoder of MambaAD (book appendix A.1.3) through
     `scanning.scan` / `scanning.unscan` (eqs. 6.1-6.2 of chapter 6).
     """
 
@@ -68,7 +68,7 @@ class PatchExpand(nn.Module):
         in_dim: C_in (MambaAD: 2 C_out).
         out_dim: C_out.
 
-    Implements: MambaAD's `PatchExpand2D` (mambaad_family.md section 1.1 item 3), with C_in free.
+    Implements: MambaAD's `PatchExpand2D` (book appendix A.1.1 item 3), with C_in free.
     """
 
     def __init__(self, in_dim: int, out_dim: int):

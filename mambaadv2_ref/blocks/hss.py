@@ -4,7 +4,7 @@ computational paths of state space duality, run along K scan directions of the f
 What the abstract fixes: an HSS block in the SSD (Mamba-2) lineage, with Mamba-3-style
 position-aware state space modelling, that uses both the linear recurrence ("local continuity")
 and the parallel matrix form ("global contextual comparison"). Everything else is our reading,
-following Mamba-2/3 and MambaAD's SS2D (the book's appendix A.2):
+following Mamba-2/3 and MambaAD's SS2D (book appendix A.2.2):
 
     u = LN(x);  [z, x, B, C, dt, trap, theta] = in_proj(u)         projections per pixel    (1)
     x <- SiLU(DWConv3x3(x))                                        optional (`dwconv`)      (2)
@@ -52,6 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from mambaadv2_ref.blocks.common import DirectionScanner, DropPath
 from mambaadv2_ref.blocks.norms import RMSNorm, RMSNormGated
 from mambaadv2_ref.blocks.ss2d import dt_bias_init
+from mambaadv2_ref.config import MATRIX_IMPLS, PATH_MODES
 from mambaadv2_ref.scanning import StagePlan
 from mambaadv2_ref.scans.mamba3 import prepare
 from mambaadv2_ref.scans.ssd import expand_groups, ssd_matrix_core
@@ -60,9 +61,6 @@ from mambaadv2_ref.scans.two_sided import (
     ssd_causal_core,
     ssd_two_sided_core,
 )
-
-PATH_MODES = ("sum", "gate", "recurrence", "matrix")
-MATRIX_IMPLS = ("scan", "materialised")
 
 
 def recomputed(enabled: bool, fn, *args) -> torch.Tensor:

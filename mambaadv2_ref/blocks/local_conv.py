@@ -25,7 +25,7 @@ def conv_in_silu(in_channels: int, out_channels: int, kernel_size: int = 1,
     Returns:
         nn.Sequential mapping (B, in, H, W) -> (B, out, H, W).
 
-    Implements: one stage of the LSS local branch (mambaad_family.md section 1.2).
+    Implements: one stage of the LSS local branch (book appendix A.1.2).
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
@@ -45,7 +45,7 @@ class DepthwiseConvPath(nn.Module):
         channels: C (kept throughout).
         kernel_size: k of the depthwise conv (MambaAD: 5 and 7).
 
-    Implements: the LSS local branch of MambaAD (mambaad_family.md section 1.2).
+    Implements: the LSS local branch of MambaAD (book appendix A.1.2).
     """
 
     def __init__(self, channels: int, kernel_size: int):

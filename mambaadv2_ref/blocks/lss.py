@@ -4,7 +4,7 @@
     l_k = DWPath_k(x),  k in {5, 7}            local branch (1x1, kxk depthwise, 1x1)    (2)
     out = x + Conv1x1(concat(g, l_5, l_7))     3C -> C                                   (3)
 
-Implements mambaad_family.md section 1.2. Tensors are channels-last (B, H, W, C) at the module's
+Implements book appendix A.1.2. Tensors are channels-last (B, H, W, C) at the module's
 boundary, as in MambaAD.
 """
 

@@ -58,7 +58,7 @@ class RMSNormGated(nn.Module):
         group_size: channels per normalisation group (Mamba-2: d_inner / ngroups).
         eps: epsilon.
 
-    Implements: `RMSNormGated(norm_before_gate=False)` of Mamba-2 (ssm_scans.md section 2).
+    Implements: `RMSNormGated(norm_before_gate=False)` of Mamba-2 (book appendix A.3.2).
     """
 
     def __init__(self, dim: int, group_size: int | None = None, eps: float = 1e-5):

@@ -6,7 +6,7 @@
     y_k = S6(u_k, delta_k, A_k, B_k, C_k, D_k, delta_bias_k, softplus)                   (4)
     y = LN(sum_k unscan(y_k)) * SiLU(z);  out = x + DropPath(out_proj(y))                 (5)
 
-Implements mambaad_family.md section 1.3 (d_state 16, d_conv 3, expand 2, dt_rank ceil(C/16),
+Implements book appendix A.1.3 (d_state 16, d_conv 3, expand 2, dt_rank ceil(C/16),
 Hilbert x 8). Glossary: `x_proj_weight` -> W_x (K, dt_rank + 2N, d_inner), `dt_projs_weight` ->
 W_dt (K, d_inner, dt_rank), `A_logs` -> log(-A) (K d_inner, N), `Ds` -> D (K d_inner,).
 """
@@ -93,7 +93,7 @@ class SS2DBlock(nn.Module):
         dim: C.  plan: StagePlan.  d_state, expand, backend: see SS2D.
         drop_path: stochastic-depth rate.
 
-    Implements: eq. (5) with the residual (mambaad_family.md section 1.3).
+    Implements: eq. (5) with the residual (book appendix A.1.3).
     """
 
     def __init__(self, dim: int, plan: StagePlan, d_state: int = 16, expand: int = 2,

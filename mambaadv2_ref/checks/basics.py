@@ -12,10 +12,10 @@ from mambaadv2_ref.checks.harness import (
     random_cases,
     require_keys,
 )
+from mambaadv2_ref.config import PROFILES, preset, stage_sizes
 from mambaadv2_ref.metrics.curves import ap_from_counts, exact_counts, f1max_threshold
 from mambaadv2_ref.metrics.summary import ALL_KEYS
-from mambaadv2_ref.model import build_model, preset
-from mambaadv2_ref.profiles import PROFILES
+from mambaadv2_ref.model import build_model
 from mambaadv2_ref.train import param_groups
 
 
@@ -119,9 +119,8 @@ def check_f1_threshold(answer) -> None:
 def _scanned_tokens(profile: str, plan: str) -> int:
     """Tokens read per image by all HSS blocks: sum over stages of depth x H_s W_s x K_s."""
     cfg = preset(profile, scan_plan=plan)
-    side = cfg.image_size // 32
-    return sum(depth * (side * 2**s) ** 2 * stage.num_directions for s, (depth, stage) in
-               enumerate(zip(cfg.depths, cfg.plan().stages, strict=True)))
+    return sum(depth * H * W * stage.num_directions for depth, stage, (H, W) in
+               zip(cfg.depths, cfg.plan().stages, stage_sizes(cfg.image_size), strict=True))
 
 
 def check_plan_cut(answer) -> None:

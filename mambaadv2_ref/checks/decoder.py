@@ -15,7 +15,8 @@ from mambaadv2_ref.checks.harness import (
     require_keys,
     zero_and_nonzero,
 )
-from mambaadv2_ref.model import build_model, preset
+from mambaadv2_ref.config import preset, stage_sizes
+from mambaadv2_ref.model import build_model
 from mambaadv2_ref.model.anomaly_map import cosine_distance_maps
 from mambaadv2_ref.scanning import (
     StagePlan,
@@ -106,9 +107,8 @@ def check_dss_params(answer) -> None:
 
 
 def _paper_sizes() -> list[tuple[int, int]]:
-    """Decoder grid sizes of the paper preset, deepest first (image / 32, then x2 per stage)."""
-    cfg = preset("paper")
-    return [(cfg.image_size // 32 * 2**s,) * 2 for s in range(len(cfg.dims))]
+    """Decoder grid sizes of the paper preset, deepest first."""
+    return stage_sizes(preset("paper").image_size)
 
 
 def check_quarter_plan(answer) -> None:

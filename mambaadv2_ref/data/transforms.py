@@ -43,7 +43,7 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     Returns:
         (x - mu) / sigma, same shape and dtype.
 
-    Implements: the ImageNet normalisation of MambaAD's data pipeline (mambaad_family.md §1.4).
+    Implements: the ImageNet normalisation of MambaAD's data pipeline (book appendix A.1.4).
     """
     _check_image_tensor(x, "x")
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)

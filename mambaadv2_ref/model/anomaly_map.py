@@ -9,7 +9,7 @@ maximum of the smoothed map:
     score = max_u A(u)                                                             (3)
 
 MambaAD divides A by a constant (9); that changes no metric, so we leave it out.
-Implements mambaad_family.md section 1.5. Glossary: `enc` -> f_k, `dec` -> g_k, `maps` -> A.
+Implements book appendix A.1.5. Glossary: `enc` -> f_k, `dec` -> g_k, `maps` -> A.
 """
 
 from __future__ import annotations

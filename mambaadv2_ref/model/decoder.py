@@ -5,7 +5,7 @@
     outputs: stages 3, 2, 1 at S/4, S/8, S/16, projected (1x1) to the encoder's widths when they
     differ, aligned with the encoder's 3 scales; stage 0 is not supervised.
 
-Implements mambaad_family.md section 1.1 item 3 (MambaUPNet), with v2's DSS modules and a
+Implements book appendix A.1.1 item 3 (MambaUPNet), with v2's DSS modules and a
 per-stage scanning plan. Init as MambaAD: trunc_normal(0.02) on Linear weights, zero biases,
 LayerNorm (1, 0).
 """
@@ -18,7 +18,7 @@ from torch import nn
 from mambaadv2_ref.blocks.common import PatchExpand, drop_path_rates
 from mambaadv2_ref.blocks.dss import DSSModule
 from mambaadv2_ref.blocks.lss import LSSModule
-from mambaadv2_ref.model.config import ModelConfig, modules_per_stage
+from mambaadv2_ref.config import ModelConfig, modules_per_stage
 
 
 def _build_module(cfg: ModelConfig, dim: int, num_blocks: int, plan, drop_path: float):

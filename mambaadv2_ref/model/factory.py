@@ -16,8 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mambaadv2_ref.blocks.hss import HSS
 from mambaadv2_ref.blocks.ss2d import SS2D
+from mambaadv2_ref.config import ModelConfig, preset, stage_sizes
 from mambaadv2_ref.model.anomaly_map import anomaly_maps
-from mambaadv2_ref.model.config import ModelConfig, preset
 from mambaadv2_ref.model.decoder import Decoder
 from mambaadv2_ref.model.encoder import FrozenEncoder
 from mambaadv2_ref.model.fusion import HalfFPNBottleneck
@@ -84,7 +84,7 @@ def build_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
 
     Args:
         model: "mambaadv2" | "mambaad".
-        profile: "tiny" | "small" | "paper" (model.config.PRESETS).
+        profile: "tiny" | "small" | "paper" (config.PROFILES).
         encoder: timm backbone name (None: the profile's; see model.encoder.ENCODERS).
         pretrained: ImageNet encoder weights (a clear error if unavailable; False knowingly).
         **overrides: any ModelConfig field (e.g. path_mode="matrix", scan_plan="decay_deep").
@@ -131,7 +131,7 @@ def model_summary(model: ADModel, image_size: int | tuple[int, int] | None = Non
     model.eval()
     flops = count_flops(model, torch.zeros(1, 3, H, W, device=device))
     model.train(was_training)
-    sizes = [(H // 32 * 2 ** s, W // 32 * 2 ** s) for s in range(len(model.config.dims))]
+    sizes = stage_sizes((H, W), len(model.config.dims))
     stages = plan_cost(model.config.plan(), sizes)
     for row, stage, size in zip(stages, model.decoder.stages, sizes, strict=False):
         hss = [m for m in stage.modules() if isinstance(m, HSS)]

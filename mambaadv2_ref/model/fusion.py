@@ -8,7 +8,7 @@ With encoder features f_1, f_2, f_3 (channels C_1, C_2, C_3 at strides 4, 8, 16)
     b   = OCE(ReLU(BN(Conv1x1(p_2))))                    C_3 -> C_out, stride 32  (4)
 
 OCE = 3 ResNet Bottleneck blocks (planes C_out / 4, expansion 4), the first with stride 2.
-MambaAD (resnet34): 64/128/256 -> 512 @ S/32. Implements mambaad_family.md section 1.1 item 2.
+MambaAD (resnet34): 64/128/256 -> 512 @ S/32. Implements book appendix A.1.1 item 2.
 """
 
 from __future__ import annotations

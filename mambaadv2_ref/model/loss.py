@@ -2,7 +2,7 @@
 
     loss = sum_k lambda * mean_u,c (f_k - g_k)^2,   lambda = 5                   (1)
 
-Implements mambaad_family.md section 1.4 (computed on raw features, not a cosine loss).
+Implements book appendix A.1.4 (computed on raw features, not a cosine loss).
 Glossary: `enc` -> f_k (encoder, no gradient), `dec` -> g_k (decoder), `weight` -> lambda.
 """
 

@@ -1,7 +1,7 @@
 """Scan curves: the order in which a 2-D grid of H x W tokens is read as a 1-D sequence.
 
 A curve is a permutation `seq` of the H*W row-major flat pixel indices: `seq[t]` is the pixel
-visited at time t. MambaAD (section 1.3 of reference/mambaad_family.md) names five curves; we keep
+visited at time t. MambaAD (book appendix A.1.3) names five curves; we keep
 its names beside ours:
 
     raster   MambaAD "sweep": row by row, left to right
@@ -29,7 +29,7 @@ def raster_order(H: int, W: int) -> torch.Tensor:
 
     Returns:
         LongTensor (H*W,).
-    Implements: MambaAD "sweep" curve (reference/mambaad_family.md section 1.3).
+    Implements: MambaAD "sweep" curve (book appendix A.1.3).
     """
     return torch.arange(H * W)
 

@@ -1,6 +1,6 @@
 """Scan directions: K permutations of one grid, and the gather / un-permute-and-sum around a scan.
 
-MambaAD's HS encoder (reference/mambaad_family.md section 1.3) reads an H x W feature map in up to
+MambaAD's HS encoder (book appendix A.1.3) reads an H x W feature map in up to
 8 directions: 4 spatial views of the grid (identity, transpose, rot90, transpose of rot90), each
 flattened and permuted by the scan curve, and the time-reversed copy of each. Its HS decoder
 un-permutes every output sequence back to the grid and sums the K of them.

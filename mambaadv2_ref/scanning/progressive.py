@@ -4,7 +4,7 @@ MambaADv2's abstract speaks of a "semantics-adaptive progressive scanning strate
 scanning complexity along the feature pyramid"; the paper body is not public. We read it as a
 plan: one (curve, number of directions) per decoder stage, deep/coarse stage first (8x8 at 256 px)
 to shallow/fine last (64x64). Which end gets more directions is our choice, so both are presets
-and the ablation picks the default (reference/mambaad_family.md section 2, item (d)):
+and the ablation picks the default (book appendix A.2.2, item (d)):
 
     uniform        hilbert x 8 at every stage (MambaAD v1)
     decay_deep     8, 8, 4, 2 directions: many at the cheap coarse stages, few at the large fine

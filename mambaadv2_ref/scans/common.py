@@ -81,7 +81,7 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 def softplus20(x: torch.Tensor) -> torch.Tensor:
     """softplus with mamba-ssm's threshold: log(1 + e^x) for x <= 20, x itself above.
 
-    Implements: Delta = softplus(delta + delta_bias) (ssm_scans.md section 1).
+    Implements: Delta = softplus(delta + delta_bias) (book appendix A.3.1).
     """
     return F.softplus(x, beta=1.0, threshold=SOFTPLUS_THRESHOLD)
 
@@ -97,7 +97,7 @@ def skip_and_gate(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None,
                   z: torch.Tensor | None) -> torch.Tensor:
     """Output y + D * x, then times silu(z).
 
-    Implements: y_t = ... + D x_t; out = y * silu(z) (ssm_scans.md sections 1-3). `D` must already
+    Implements: y_t = ... + D x_t; out = y * silu(z) (book appendix A.3.1-A.3.3). `D` must already
     broadcast against `x`.
     """
     if D is not None:

@@ -100,7 +100,7 @@ def discretize(rule: str, dt: float, A, B, trap: float = 0.5) -> Discretized:
 
     Implements: eqs. (disc-zoh), (disc-euler), (disc-bilinear), (disc-mamba1), (disc-exptrap) of
     chapter 2; Mamba-1 eq. (4) and its simplification
-    (state-spaces/mamba#114); Mamba-3's exponential-trapezoidal rule (ssm_scans.md section 3.1).
+    (state-spaces/mamba#114); Mamba-3's exponential-trapezoidal rule (book appendix A.3.3).
     """
     dt = _check_dt(dt)
     A, B = _as_state_vector(A, "A"), _as_state_vector(B, "B")

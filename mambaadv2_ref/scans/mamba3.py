@@ -1,7 +1,7 @@
 """Mamba-3 SISO scan in pure PyTorch, with mamba-ssm's `mamba3_siso_combined` semantics.
 
 Per head, with rotated keys k_t (= B), queries q_t (= C), values v_t (= x), H_{-1} = 0 and
-v_{-1} k_{-1}^T = 0 (ssm_scans.md sections 3.1-3.4):
+v_{-1} k_{-1}^T = 0 (book appendix A.3.3):
     alpha_t = exp(ADT_t),  lambda_t = sigmoid(Trap_t),  gamma_t = lambda_t DT_t,
     beta_t = (1 - lambda_t) DT_t alpha_t                                             (M3.1)
     H_t = alpha_t H_{t-1} + beta_t v_{t-1} k_{t-1}^T + gamma_t v_t k_t^T               (M3.2)
@@ -170,7 +170,7 @@ def mamba3_complex_sequential(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=
 
     Returns:
         out (b, L, h, p) in the compute dtype.
-    Implements: ssm_scans.md section 3.2.
+    Implements: book appendix A.3.3.
     """
     b, L, h, p, N, n_ang = _check_inputs(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z)
     dtype = compute_dtype(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles)

@@ -1,6 +1,6 @@
 """Mamba-1 selective scan (S6) in pure PyTorch, with mamba-ssm's `selective_scan_fn` semantics.
 
-Per channel d and state n, with h_{-1} = 0 (ssm_scans.md section 1):
+Per channel d and state n, with h_{-1} = 0 (book appendix A.3.1):
     h_t[d, n] = exp(Delta_t[d] A[d, n]) h_{t-1}[d, n] + Delta_t[d] B_t[n] u_t[d]       (S6.1)
     y_t[d]    = sum_n C_t[n] h_t[d, n] + D[d] u_t[d];   out = y * silu(z)             (S6.2)
     Delta     = softplus(delta + delta_bias) (threshold 20) if delta_softplus          (S6.3)
@@ -196,7 +196,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns:
         out (b, D, L) in u's dtype; with return_last_state, (out, last_state (b, D, N)), the
         state in the compute dtype (float32, or float64 for float64 inputs).
-    Implements: (S6.1)-(S6.3), ssm_scans.md section 1.
+    Implements: (S6.1)-(S6.3), book appendix A.3.1.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if resolve_backend(backend, "mamba_ssm_s6", u, delta, A, B, C, D, z, delta_bias) == "mamba_ssm":

@@ -20,7 +20,7 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
         a: log-decays (..., T).
     Returns:
         S (..., T, T); exp(S) is the causal decay mask L of SSD.
-    Implements: segsum in ssm_scans.md section 2 (mask L = exp(segsum(dt * A))).
+    Implements: segsum in book appendix A.3.2 (mask L = exp(segsum(dt * A))).
     """
     T = a.shape[-1]
     strictly_lower = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
@@ -42,7 +42,7 @@ def decay_mask(a: torch.Tensor) -> torch.Tensor:
         a: log-decays (..., T).
     Returns:
         L (..., T, T) with L_ts = exp(sum_{r=s+1..t} a_r) for t >= s, else 0.
-    Implements: L = exp(segsum(dt * A)) of ssm_scans.md section 2.
+    Implements: L = exp(segsum(dt * A)) of book appendix A.3.2.
     """
     T = a.shape[-1]
     x = a.unsqueeze(-1).expand(*a.shape, T).tril(-1)  # x[..., r, s] = a_r for r > s, else 0

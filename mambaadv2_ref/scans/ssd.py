@@ -1,7 +1,7 @@
 """Mamba-2 state space duality (SSD) in pure PyTorch, with `mamba_chunk_scan_combined` semantics.
 
 Per head (A_h a scalar), with state H_t (p x N) and H_{-1} = initial_states or 0
-(ssm_scans.md section 2):
+(book appendix A.3.2):
     H_t = exp(Delta_t A_h) H_{t-1} + Delta_t x_t B_t^T                              (SSD.1)
     y_t = H_t C_t + D_h x_t;   out = y * silu(z)                                    (SSD.2)
 Matrix ("dual") form, with a_t = Delta_t A_h and xbar_t = Delta_t x_t:

@@ -2,10 +2,11 @@
 
 Every ablation is a name and a dict of model-config overrides (`ModelConfig` fields); the study
 trains each with `train.train`, evaluates it with `evaluate.evaluate` and gathers the seven
-metrics, mAD, training time and throughput into one table (JSON + markdown).
+metrics, mAD, training time and throughput into one table (JSON + markdown); `load_table(path)`
+reads a committed table back.
 
     python -m mambaadv2_ref.studies.ablations --out runs/ablations --profile small --steps 300 \
-        --data ../shared/data/bsdata --only v2,recurrence_only,matrix_only
+        --data PATH/TO/bsdata --only v2,recurrence_only,matrix_only
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import time
 from pathlib import Path
 
 from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.config_tools import parse_sets
 from mambaadv2_ref.evaluate import METRIC_KEYS, evaluate
-from mambaadv2_ref.timing import environment
-from mambaadv2_ref.train import TrainConfig, steady_images_per_s, train
+from mambaadv2_ref.studies.results import environment, read_json
+from mambaadv2_ref.tables import markdown_table
+from mambaadv2_ref.train import steady_images_per_s, train
+from mambaadv2_ref.train_config import TrainConfig
 
 # name -> (model, overrides of the model config, what it tests)
 ABLATIONS: dict[str, tuple[str, dict, str]] = {
@@ -73,16 +77,24 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
             **{k: metrics["mean"][k] for k in METRIC_KEYS}}
 
 
+def table_rows(rows: list[dict]) -> list[dict]:
+    """Ablation rows as table rows: the metrics in percent, then training time and speed."""
+    return [{"ablation": r["ablation"], **{k: 100 * r[k] for k in METRIC_KEYS},
+             "train s": r["train_seconds"], "train img/s": r["train_images_per_s"],
+             "infer img/s": r["infer_images_per_s"]} for r in rows]
+
+
+def load_table(path) -> list[dict]:
+    """The table rows (`table_rows`) of a committed ablations JSON."""
+    return table_rows(read_json(path)["rows"])
+
+
 def markdown(rows: list[dict]) -> str:
-    """The ablation table as markdown: metrics in percent, then training time and speed."""
-    head = ["ablation", *METRIC_KEYS, "train s", "train img/s", "infer img/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["ablation"], *(f"{100 * r[k]:.1f}" for k in METRIC_KEYS),
-                 f"{r['train_seconds']:.0f}", f"{r['train_images_per_s']:.1f}",
-                 f"{r['infer_images_per_s']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The ablation table as markdown: metrics in percent (one decimal), then training time and
+    speed."""
+    formats = {**{k: ".1f" for k in METRIC_KEYS}, "train s": ".0f", "train img/s": ".1f",
+               "infer img/s": ".1f"}
+    return markdown_table(table_rows(rows), formats=formats) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig field for every run, e.g. batch_size=16")
     args = parser.parse_args(argv)
-    from mambaadv2_ref.cli import parse_sets
-
     names = args.only.split(",") if args.only else list(ABLATIONS)
     unknown = sorted(set(names) - set(ABLATIONS))
     if unknown:

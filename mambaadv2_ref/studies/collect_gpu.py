@@ -2,7 +2,7 @@
 
 `gpu_session.sh` and `gpu_training.sh` pack everything they measured into one archive each (the
 device machine returns few files). This module unpacks one, merges what parallel processes wrote
-separately, and writes JSON, markdown and figures under `mambaadv2_ref/results/`:
+separately, and writes JSON, markdown and figures under `book/results/` (`RESULTS_DIR`):
 
     session  -> scans_gpu.json (parity of the three parity processes), scan_bench_gpu.json,
                 speed_paper_gpu.{json,png}, scaling_paper_gpu.{json,png}; benchmark shapes and
@@ -27,9 +27,10 @@ from pathlib import Path
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.studies.ablations import markdown as ablation_markdown
+from mambaadv2_ref.studies.results import RESULTS_DIR as RESULTS
+from mambaadv2_ref.studies.results import read_json
 from mambaadv2_ref.train import steady_images_per_s
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 PYTEST_SUMMARY = re.compile(r"^=*\s*(\d+ (passed|failed|skipped|error).*?)\s*=*$")
 
 
@@ -196,6 +197,12 @@ def collect_training(folder: Path, results: Path = RESULTS) -> dict:
         (results / "gpu_training.md").write_text(_training_markdown(doc))
         written["gpu_training"] = results / "gpu_training.json"
     return written
+
+
+def load_training_table(path) -> list[dict]:
+    """One row per run of a committed gpu_training.json (already flat: run, world_size, batches,
+    steps, seconds, images/s, final loss, the eight metrics)."""
+    return [dict(r) for r in read_json(path)["runs"]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mambaadv2_ref.checkpoint import MANIFEST, write_json
-from mambaadv2_ref.timing import environment
+from mambaadv2_ref.studies.results import environment
 
 # label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px, fp32/bf16
 SPEED_ROWS: dict[str, tuple[str, str, str, dict]] = {}
@@ -63,7 +63,7 @@ PROFILED = ("v2 before (materialised, uniform) torch fp32", "v2 scans decay_deep
 
 def bench_row(label: str, iters: int) -> dict:
     """Bench one row of SPEED_ROWS; an error (out of memory, a missing kernel) is recorded."""
-    from mambaadv2_ref.evaluate import bench_model
+    from mambaadv2_ref.studies.speed import bench_model
 
     model, backend, precision, overrides = SPEED_ROWS[label]
     row = {"label": label, "model": model, "backend": backend, "precision": precision,
@@ -82,25 +82,21 @@ def profile_row(label: str, out: Path) -> None:
     """torch.profiler over two training steps of one row: the top CUDA kernels, as text."""
     from torch.profiler import ProfilerActivity, profile
 
+    from mambaadv2_ref.config import get_profile
     from mambaadv2_ref.model.factory import build_model
-    from mambaadv2_ref.model.loss import reconstruction_loss
-    from mambaadv2_ref.profiles import use_bf16
+    from mambaadv2_ref.runtime import use_bf16
+    from mambaadv2_ref.train import make_optimizer, train_step
 
     model, backend, precision, overrides = SPEED_ROWS[label]
     device = torch.device("cuda")
     net = build_model(model, profile="paper", pretrained=False, backend=backend,
                       **overrides).to(device)
     images = torch.randn(16, 3, 256, 256, device=device)
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = make_optimizer(net, get_profile("paper").lr, 1e-4)
     bf16 = use_bf16(device, precision)
 
-    def step():  # as evaluate.bench_model's training step
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            enc, dec = net(images)
-        loss = reconstruction_loss([e.float() for e in enc], [d.float() for d in dec])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step():  # the step that train() and studies.speed.bench_model run
+        train_step(net, optimizer, images, 5.0, bf16)
 
     step()
     torch.cuda.synchronize()

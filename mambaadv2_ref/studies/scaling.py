@@ -4,9 +4,10 @@ The same fusion + decoder is run at image sizes from 128 to 512 px on random enc
 features, for MambaADv2, MambaAD (v1) and a same-width attention decoder (MambaADv2 with
 scaled dot-product attention in place of both SSM paths, `attention_baseline.with_attention`).
 The growth exponent is measured as the slope of log(time) against log(tokens): near 1 is
-linear, near 2 quadratic.
+linear, near 2 quadratic. `load_table(path)` reads a committed scaling.json back, one row per
+decoder and size.
 
-    python -m mambaadv2_ref.studies.scaling --out results/scaling --profile paper
+    python -m mambaadv2_ref.studies.scaling --out runs/scaling --profile paper
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 
 from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.config import BACKENDS
 from mambaadv2_ref.model.factory import build_model
-from mambaadv2_ref.profiles import resolve_device
+from mambaadv2_ref.runtime import resolve_device
 from mambaadv2_ref.studies.attention_baseline import with_attention
+from mambaadv2_ref.studies.results import environment, read_json
 from mambaadv2_ref.timing import (
-    environment,
     peak_memory_bytes,
     reset_peak_memory,
     seconds_per_call,
@@ -93,6 +95,22 @@ def growth_exponents(rows: list[dict], largest: int | None = None) -> dict[str, 
             for name in sorted({r["decoder"] for r in rows})}
 
 
+def load_table(path) -> list[dict]:
+    """One row per (decoder, size) of a committed scaling.json: decoder, size, tokens, batch,
+    forward_ms, train_ms, train_peak_GiB (or the reason in `note`)."""
+    rows = []
+    for r in read_json(path)["rows"]:
+        row = {"decoder": r["decoder"], "size": r["size"], "tokens": r["tokens"],
+               "batch": r["batch_size"]}
+        if "train_s" in r:
+            row.update(forward_ms=1e3 * r["forward_s"], train_ms=1e3 * r["train_s"],
+                       train_peak_GiB=r["train_peak_memory_bytes"] / 2**30)
+        else:
+            row["note"] = r.get("error", "")
+        rows.append(row)
+    return rows
+
+
 def plot_scaling(rows: list[dict], path: Path) -> None:
     """Log-log time and memory against tokens, one line per decoder, slope in the legend."""
     import matplotlib.pyplot as plt
@@ -128,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decoders", default=",".join(DECODERS))
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "mamba_ssm"),
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="scan backend of the state space decoders")
     parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
     args = parser.parse_args(argv)

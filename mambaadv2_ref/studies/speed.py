@@ -1,28 +1,92 @@
 """Training and inference speed of the whole model, per model, scan backend and precision.
 
-For each combination it calls `evaluate.bench_model` (random weights and images: speed does not
-depend on them) and stores images/s and peak memory, then draws one bar chart.
+`bench_model` times `train.train_step` (the step `train` runs: forward, loss, backward,
+clipping, AdamW) and anomaly-map inference of one model; random weights and images (speed does
+not depend on them). `speed_grid` runs it for every combination and stores images/s and peak
+memory; `plot_speed` draws one bar chart; `load_table` reads a committed speed.json back.
 
-    python -m mambaadv2_ref.studies.speed --out results/speed --profile paper
+    python -m mambaadv2_ref.studies.speed --out runs/speed --profile paper
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import time
 from pathlib import Path
 
 import torch
 
 from mambaadv2_ref.checkpoint import write_json
-from mambaadv2_ref.evaluate import bench_model
+from mambaadv2_ref.config import MODELS, PRECISIONS, get_profile
+from mambaadv2_ref.model.factory import build_model
+from mambaadv2_ref.runtime import resolve_device, use_bf16
 from mambaadv2_ref.scans import available_backends
-from mambaadv2_ref.timing import environment
+from mambaadv2_ref.studies.results import environment, read_json
+from mambaadv2_ref.timing import (
+    peak_memory_bytes,
+    reset_peak_memory,
+    seconds_per_call,
+    synchronize,
+)
+from mambaadv2_ref.train import make_optimizer, train_step
+from mambaadv2_ref.train_config import TrainConfig
 
-MODELS = ("mambaadv2", "mambaad")
-PRECISIONS = ("fp32", "bf16")
+GRID_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # the grid names them explicitly
+TRAIN_DEFAULTS = TrainConfig(out="")  # the recipe's lr-independent settings (wd, clipping)
 # the mamba-ssm kernel each model's scan needs
-KERNEL_OF = {"mambaadv2": "mamba_ssm_mamba3", "mambaad": "mamba_ssm_s6"}
+KERNEL_OF = {"mambaadv2": "mamba_ssm_ssd", "mambaad": "mamba_ssm_s6"}
+
+
+def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | None = None,
+                device="auto", batch_size: int | None = None, iters: int = 5,
+                overrides: dict | None = None, precision: str = "auto") -> dict:
+    """Training and inference throughput (images/s) and peak memory of `build_model`.
+
+    Training step = `train.train_step` with the recipe's optimizer, weight decay and clipping,
+    under bf16 autocast on CUDA when `precision="bf16"` (or "auto" on a GPU with native bf16, as
+    `train`), in float32 with `precision="fp32"`; inference = `anomaly_map` (float32).
+
+    Returns:
+        dict with model, profile, device, image_size, batch_size, parameters,
+        train_images_per_s, infer_images_per_s, peak memory (CUDA bytes, else process max RSS).
+    """
+    device = resolve_device(device)
+    bf16 = use_bf16(device, precision)
+    prof = get_profile(profile)
+    batch_size = batch_size or prof.batch_size
+    net = build_model(model=model, profile=profile, encoder=encoder, pretrained=False,
+                      **(overrides or {})).to(device)
+    size = net.config.image_size
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    optimizer = make_optimizer(net, prof.lr, TRAIN_DEFAULTS.weight_decay)
+
+    def timed(fn, warmup: int = 2) -> float:
+        return batch_size / seconds_per_call(fn, device, warmup=warmup, iters=iters)
+
+    def step():
+        train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad, bf16)
+
+    reset_peak_memory(device)
+    net.train()
+    t0 = time.perf_counter()  # the first step holds kernel compilation (Triton) and allocation
+    step()
+    synchronize(device)
+    first_step_s = time.perf_counter() - t0
+    train_ips = timed(step, warmup=1)  # the first step was the first warm-up
+    train_peak = peak_memory_bytes(device)
+    reset_peak_memory(device)
+    infer_ips = timed(lambda: net.anomaly_map(images))
+    return {"model": model, "profile": profile, "precision": precision, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else "cpu", "image_size": size, "batch_size": batch_size, "iters": iters,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "trainable_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+            "train_images_per_s": train_ips, "infer_images_per_s": infer_ips,
+            "first_step_s": first_step_s, "train_peak_memory_bytes": train_peak,
+            "infer_peak_memory_bytes": peak_memory_bytes(device),
+            "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
+            else "process max RSS (whole process, cumulative)"}
 
 
 def speed_grid(profile: str, device: str = "auto", iters: int = 10,
@@ -38,7 +102,7 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
     backends = available_backends()
     rows = []
     for model, backend, precision in itertools.product(models, ("torch", "mamba_ssm"),
-                                                       PRECISIONS):
+                                                       GRID_PRECISIONS):
         row = {"model": model, "backend": backend, "precision": precision}
         usable, reason = backends[KERNEL_OF[model]] if backend == "mamba_ssm" else (True, "")
         if not usable:
@@ -62,6 +126,23 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
         print(f"{model:10s} {backend:9s} {precision}: train {result['train_images_per_s']:.1f}"
               f" img/s, inference {result['infer_images_per_s']:.1f} img/s, peak "
               f"{result['train_peak_memory_bytes'] / 2**30:.2f} GiB")
+    return rows
+
+
+def load_table(path) -> list[dict]:
+    """The rows of a committed speed.json, one per measured (model, backend, precision): model,
+    backend, precision, train / infer images/s, train peak GiB, batch; skipped or failed
+    combinations keep their reason in `note`."""
+    rows = []
+    for r in read_json(path)["rows"]:
+        row = {k: r[k] for k in ("model", "backend", "precision")}
+        if "train_images_per_s" in r:
+            row.update(batch=r["batch_size"], train_img_s=r["train_images_per_s"],
+                       infer_img_s=r["infer_images_per_s"],
+                       train_peak_GiB=r["train_peak_memory_bytes"] / 2**30)
+        else:
+            row["note"] = r.get("skipped") or r.get("error", "")
+        rows.append(row)
     return rows
 
 

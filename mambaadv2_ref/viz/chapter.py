@@ -11,14 +11,13 @@ says where its numbers come from.
 
 from __future__ import annotations
 
-import random
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from mambaadv2_ref.profiles import Profile, get_profile, resolve_device
+from mambaadv2_ref.config import Profile, get_profile
+from mambaadv2_ref.runtime import resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -48,15 +47,6 @@ class ChapterEnv:
 def in_colab() -> bool:
     """True when running inside Google Colab (its `google.colab` module is loaded)."""
     return "google.colab" in sys.modules
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's `random`, NumPy and PyTorch (CPU and every GPU)."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def scan_backend_name(device: torch.device) -> str:

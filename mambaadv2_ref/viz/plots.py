@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from mambaadv2_ref.overlay import to_numpy
 from mambaadv2_ref.scans.lti import (
     continuous_impulse_response,
     discretize,
@@ -23,16 +24,6 @@ from mambaadv2_ref.scans.lti import (
     ssm_kernel,
     ssm_recurrent,
 )
-
-
-def _numpy(x, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
-    """x as a float NumPy array with `ndim` dimensions, or a ValueError naming `name`."""
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if arr.ndim not in ndims:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, "
-                         f"got shape {arr.shape}")
-    return arr.astype(np.float64)
 
 
 def plot_curves(curves: Mapping[str, tuple], xlabel: str = "", ylabel: str = "",
@@ -54,7 +45,7 @@ def plot_curves(curves: Mapping[str, tuple], xlabel: str = "", ylabel: str = "",
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     for name, (x, y) in curves.items():
-        x, y = _numpy(x, f"x of {name!r}", 1), _numpy(y, f"y of {name!r}", 1)
+        x, y = to_numpy(x, f"x of {name!r}", 1), to_numpy(y, f"y of {name!r}", 1)
         if x.shape != y.shape:
             raise ValueError(f"x and y of {name!r} must have the same length, got "
                              f"{x.shape} and {y.shape}")
@@ -90,10 +81,10 @@ def plot_kernels(kernels: Mapping[str, torch.Tensor], dt: float | None = None,
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
     if continuous is not None:
-        t, y = (_numpy(v, "continuous", 1) for v in continuous)
+        t, y = (to_numpy(v, "continuous", 1) for v in continuous)
         ax.plot(t, y, color="black", lw=1.5, label="continuous y(t)")
     for name, kernel in kernels.items():
-        k = _numpy(kernel, f"kernel {name!r}", 1)
+        k = to_numpy(kernel, f"kernel {name!r}", 1)
         steps = np.arange(len(k))
         x, y = (steps * dt, k / dt) if dt else (steps, k)
         ax.plot(x, y, marker=".", ls="--", lw=1, label=name)
@@ -123,7 +114,7 @@ def plot_matrices(matrices: Mapping[str, torch.Tensor], cmap: str = "RdBu_r",
     fig = Figure(figsize=(size * len(matrices) + 0.6, size), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(matrices)))
     for ax, (name, m) in zip(axes, matrices.items(), strict=True):
-        m = _numpy(m, f"matrix {name!r}", 2)
+        m = to_numpy(m, f"matrix {name!r}", 2)
         vmax = float(np.abs(m).max()) or 1.0
         limits = dict(vmin=-vmax, vmax=vmax) if symmetric else {}
         image = ax.imshow(m, cmap=cmap, interpolation="nearest", **limits)
@@ -183,54 +174,6 @@ def ssm_explorer_figure(dt: float, A: float, trap: float = 0.5, angle: float = 0
     return fig
 
 
-def plot_heatmap_overlay(image, maps, masks=None, alpha: float = 0.5,
-                         threshold: float | None = None, title: str = "",
-                         size: float = 3.0) -> Figure:
-    """An image, its anomaly map overlaid, and the ground-truth mask.
-
-    Args:
-        image: (H, W, 3) RGB in [0, 1] or (H, W) grey.
-        maps: (H, W) anomaly map (any range; drawn with its own colour limits).
-        masks: optional (H, W) ground-truth mask in {0, 1}, drawn as a contour and its own panel.
-        alpha: opacity of the map over the image, in [0, 1].
-        threshold: optional map value; pixels above it are outlined as the predicted region.
-        title: title of the overlay panel.
-        size: width of each panel in inches.
-
-    Returns:
-        Figure with 2 Axes (image, overlay) or 3 (plus the mask).
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    image = np.clip(_numpy(image, "image", (2, 3)), 0, 1)
-    maps = _numpy(maps, "maps", 2)
-    if image.shape[:2] != maps.shape:
-        raise ValueError(f"image (H, W, 3) and maps (H, W) must share H, W, got {image.shape} "
-                         f"and {maps.shape}")
-    panels = 2 if masks is None else 3
-    fig = Figure(figsize=(size * panels, size), layout="constrained")
-    axes = fig.subplots(1, panels)
-    axes[0].imshow(image, cmap="gray")
-    axes[0].set_title("image")
-    axes[1].imshow(image, cmap="gray")
-    overlay = axes[1].imshow(maps, cmap="jet", alpha=alpha)
-    fig.colorbar(overlay, ax=axes[1], shrink=0.8)
-    axes[1].set_title(title or "anomaly map")
-    if threshold is not None:
-        axes[1].contour(maps > threshold, levels=[0.5], colors="white", linewidths=1)
-    if masks is not None:
-        masks = _numpy(masks, "masks", 2)
-        if masks.shape != maps.shape:
-            raise ValueError(f"masks must have the shape of maps {maps.shape}, got {masks.shape}")
-        if masks.any():
-            axes[1].contour(masks, levels=[0.5], colors="red", linewidths=1)
-        axes[2].imshow(masks, cmap="gray", vmin=0, vmax=1)
-        axes[2].set_title("ground-truth mask")
-    for ax in axes:
-        ax.set_axis_off()
-    return fig
-
-
 def plot_image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 6,
                     size: float = 1.8, cmap: str = "gray") -> Figure:
     """A grid of images (RGB (H, W, 3) in [0, 1] or single-channel (H, W)) with titles.
@@ -258,7 +201,7 @@ def plot_image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols
     for i, ax in enumerate(axes):
         ax.set_axis_off()
         if i < len(images):
-            ax.imshow(_numpy(images[i], f"images[{i}]", (2, 3)), cmap=cmap)
+            ax.imshow(to_numpy(images[i], f"images[{i}]", (2, 3)), cmap=cmap)
             if titles is not None:
                 ax.set_title(titles[i], fontsize="small")
     return fig

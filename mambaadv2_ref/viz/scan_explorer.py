@@ -187,19 +187,6 @@ def plan_costs_figure(costs: Mapping[str, list[dict]], title: str = "") -> Figur
     return fig
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], digits: int = 3) -> str:
-    """A Markdown table of `rows` (dicts) with the given columns; floats to `digits` digits."""
-    if not rows:
-        raise ValueError("rows must hold at least one dict")
-
-    def cell(value) -> str:
-        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def scan_explorer(curve: str = "hilbert", H: int = 8, W: int = 8, direction: int = 0):
     """Interactive scan explorer: curve, direction, grid size and a progress slider with Play.
 

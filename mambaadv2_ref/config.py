@@ -1,33 +1,119 @@
-"""Model configuration: one dataclass, presets per profile (`tiny`, `small`, `paper`), validation.
+"""Every setting in one place: model names, the model config, the tiny/small/paper table.
 
-`ModelConfig` fixes everything that shapes the network; run-time settings (batch size, steps, lr)
-live in `mambaadv2_ref.profiles`. Every ablation of the book is one field:
+`PROFILES` is the one table of named sizes: run settings (image size, batch, default steps; the
+lr follows the batch by `scaled_lr`) and model sizes. `tiny` runs the book on a laptop CPU in
+minutes, `small` trains on a CPU in tens of minutes, `paper` is the paper's setting for a GPU.
+
+`ModelConfig` fixes everything that shapes the network. Every ablation of the book is one field:
 
     model            "mambaadv2" (DSS modules of HSS-v2 blocks) or "mambaad" (v1: LSS of SS2D)
     position_aware   Mamba-3 rotary angles + exponential-trapezoidal step (off: Mamba-2 SSD)
     path_mode        "sum" | "gate" | "recurrence" | "matrix": the HSS dual paths
+                     ("attention": softmax attention instead, the scaling baseline only)
     matrix_causal    causal or two-sided decay mask in the matrix path
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
                      `num_directions` override every stage when set
+    matrix_impl, checkpoint_matrix, checkpoint_block, backend   how it is computed (same function)
     dwconv, bc_norm, use_fft, local_kernels   the remaining switches
 
-Decoder stages follow MambaAD (mambaad_family.md section 1.1): a depth divisible by 3 gives
-depth / 3 modules of 3 blocks, else divisible by 2 gives depth / 2 modules of 2, else one module.
+Decoder stages follow MambaAD (book appendix A.1.1): `modules_per_stage` splits a depth into
+modules, stage s works on a grid of (H / 32) 2^s x (W / 32) 2^s (`stage_sizes`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 
-from mambaadv2_ref.blocks.hss import MATRIX_IMPLS, PATH_MODES
 from mambaadv2_ref.scanning import ScanPlan, resolve_plan
+from mambaadv2_ref.scans.backends import BACKENDS
+from mambaadv2_ref.scans.common import check_positive_int
 
-MODELS = ("mambaadv2", "mambaad")
-BACKENDS = ("auto", "torch", "mamba_ssm")
+MODELS = ("mambaadv2", "mambaad")  # the state space detectors (ModelConfig.model)
+DETECTORS = (*MODELS, "patchcore")  # everything train / evaluate / predict accept
+PATH_MODES = ("sum", "gate", "recurrence", "matrix")  # the HSS block's dual paths
+MATRIX_IMPLS = ("scan", "materialised")  # how the HSS matrix path is computed (same function)
+PRECISIONS = ("auto", "bf16", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
 COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl")
+PROFILE_ENV = "MAMBAADV2_PROFILE"
+
+
+def scaled_lr(global_batch: int) -> float:
+    """MambaAD's learning rate rule: 0.005 x global batch / 16 (book appendix A.1)."""
+    return 0.005 * check_positive_int("global_batch", global_batch) / 16
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row of the profile table: run settings and the model sizes that go with them.
+
+    Args:
+        name: profile name.
+        image_size: side of the square network input, in pixels (a multiple of 32).
+        batch_size: training batch size (per process).
+        num_steps: default number of optimisation steps.
+        model: ModelConfig fields of this profile's MambaADv2 (sizes, plan, windows).
+    """
+
+    name: str
+    image_size: int
+    batch_size: int
+    num_steps: int
+    model: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
+
+    @property
+    def lr(self) -> float:
+        """`scaled_lr` of one process's batch."""
+        return scaled_lr(self.batch_size)
+
+    def to_dict(self) -> dict:
+        """The run settings as JSON (what a checkpoint records; model sizes are in its config)."""
+        d = asdict(self)
+        d.pop("model")
+        return {**d, "lr": self.lr}
+
+
+PROFILES: dict[str, Profile] = {
+    # CPU: a training step on batch 8 at 128 px in well under a second on 2 cores
+    # (fewer directions where tokens are many, matrix path in windows of 64 tokens)
+    "tiny": Profile("tiny", image_size=128, batch_size=8, num_steps=150, model=dict(
+        encoder="efficientnet_lite0", dims=(128, 64, 32, 16), depths=(1, 1, 1, 1), d_state=16,
+        headdim=16, chunk_size=64, scan_plan="decay_deep", matrix_max_tokens=64)),
+    # CPU, tens of minutes of training: tiny's plan and windows, wider, at 192 px
+    "small": Profile("small", image_size=192, batch_size=8, num_steps=1500, model=dict(
+        encoder="efficientnet_lite0", dims=(256, 128, 64, 32), depths=(1, 1, 1, 1), d_state=16,
+        headdim=32, chunk_size=64, scan_plan="decay_deep", matrix_max_tokens=64)),
+    # GPU: the paper's sizes (book appendix A.1), with MambaADv2's progressive scanning plan
+    # (8, 8, 4, 2 directions, as tiny and small; until 2026-12-01 the paper preset scanned
+    # hilbert x 8 at every stage, the `uniform` plan, which MambaAD v1 keeps). The matrix path
+    # compares the tokens of 256-token windows: global up to 16 x 16, 16 x 16 Hilbert patches
+    # at 32 x 32 and 64 x 64
+    "paper": Profile("paper", image_size=256, batch_size=16, num_steps=20000, model=dict(
+        encoder="resnet34", dims=(512, 256, 128, 64), depths=(3, 4, 6, 3), d_state=16,
+        headdim=32, chunk_size=64, scan_plan="decay_deep", matrix_max_tokens=256)),
+}
+V1_DEFAULTS = dict(scan_plan="uniform", use_fft=False, dwconv=True)
+
+
+def default_profile_name() -> str:
+    """`$MAMBAADV2_PROFILE` if set, else `paper` when a CUDA GPU is present, else `tiny`."""
+    name = os.environ.get(PROFILE_ENV)
+    if name:
+        _one_of(PROFILE_ENV, name, tuple(PROFILES))
+        return name
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "tiny"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called `name`, or the default one (`default_profile_name`)."""
+    name = default_profile_name() if name is None else name
+    _one_of("profile", name, tuple(PROFILES))
+    return PROFILES[name]
 
 
 @dataclass
@@ -99,7 +185,7 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad setting."""
+        """Raise ValueError (TypeError for a non-int size) naming the first bad setting."""
         _one_of("model", self.model, MODELS)
         _one_of("path_mode", self.path_mode, PATH_MODES)
         _one_of("backend", self.backend, BACKENDS)
@@ -109,9 +195,7 @@ class ModelConfig:
                              f"depths={self.depths}")
         for name in ("d_state", "headdim", "expand", "ngroups", "chunk_size",
                      "matrix_max_tokens", "image_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if any(d < 1 for d in self.depths) or any(c < 4 or c % 4 for c in self.dims):
             raise ValueError(f"depths must be >= 1 and dims multiples of 4, got depths="
                              f"{self.depths}, dims={self.dims}")
@@ -177,24 +261,18 @@ def modules_per_stage(depth: int) -> list[int]:
     return [depth]
 
 
-PRESETS: dict[str, dict] = {
-    # CPU: a training step on batch 8 at 128 px in well under a second on 2 cores
-    # (fewer directions where tokens are many, matrix path in windows of 64 tokens)
-    "tiny": dict(encoder="efficientnet_lite0", image_size=128, dims=(128, 64, 32, 16),
-                 depths=(1, 1, 1, 1), d_state=16, headdim=16, chunk_size=64,
-                 scan_plan="decay_deep", matrix_max_tokens=64),
-    # CPU, tens of minutes of training: tiny's plan and windows, wider, at 192 px
-    "small": dict(encoder="efficientnet_lite0", image_size=192, dims=(256, 128, 64, 32),
-                  depths=(1, 1, 1, 1), d_state=16, headdim=32, chunk_size=64,
-                  scan_plan="decay_deep", matrix_max_tokens=64),
-    # GPU: the paper's sizes (MambaAD section 1.1). The matrix path is global up to 16 x 16
-    # (256 tokens) and runs on 256-token Hilbert windows (16 x 16 patches) at 32 x 32 and
-    # 64 x 64 (with 1024 the quadratic matrix path dominates the FLOPs: see model_summary)
-    "paper": dict(encoder="resnet34", image_size=256, dims=(512, 256, 128, 64),
-                  depths=(3, 4, 6, 3), d_state=16, headdim=32, chunk_size=64,
-                  matrix_max_tokens=256),
-}
-V1_DEFAULTS = dict(scan_plan="uniform", use_fft=False, dwconv=True)
+def stage_sizes(image_size: int | tuple[int, int], num_stages: int = 4) -> list[tuple[int, int]]:
+    """Token grid (H_s, W_s) of each decoder stage, deepest first: (H / 32) 2^s x (W / 32) 2^s.
+
+    Args:
+        image_size: side of a square image, or (H, W); multiples of 32.
+        num_stages: decoder stages (4 in MambaAD / MambaADv2).
+    """
+    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if H % 32 or W % 32 or H < 32 or W < 32:
+        raise ValueError(f"image_size must be multiples of 32, got {image_size!r}")
+    return [(H // 32 * 2 ** s, W // 32 * 2 ** s)
+            for s in range(check_positive_int("num_stages", num_stages))]
 
 
 def preset(profile: str = "tiny", model: str = "mambaadv2", **overrides) -> ModelConfig:
@@ -208,9 +286,9 @@ def preset(profile: str = "tiny", model: str = "mambaadv2", **overrides) -> Mode
     Raises:
         ValueError: unknown profile, model or field, or a bad value (named).
     """
-    _one_of("profile", profile, tuple(PRESETS))
+    row = get_profile(profile)
     _one_of("model", model, MODELS)
-    base = dict(PRESETS[profile], model=model, profile=profile)
+    base = dict(row.model, image_size=row.image_size, model=model, profile=profile)
     if model == "mambaad":
         base.update(V1_DEFAULTS)
     unknown = sorted(set(overrides) - {f.name for f in fields(ModelConfig)})

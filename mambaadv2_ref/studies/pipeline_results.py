@@ -1,15 +1,16 @@
-"""Collect the runs of pipeline_runs.sh into pipeline_results.json and pipeline_results.md.
+"""Collect the runs of `studies.pipeline_runs` into pipeline_results.json and .md.
 
 Usage:
-    python mambaadv2_ref/results/collect_pipeline_results.py [LABEL=]RUNS_DIR ...
+    python -m mambaadv2_ref.studies.pipeline_results [LABEL=]RUNS_DIR ...
         [--cpu-bench DIR] [--out-dir DIR] [--setup TEXT] [--reading TEXT]
-    python mambaadv2_ref/results/collect_pipeline_results.py --digest DATA_ROOT
+    python -m mambaadv2_ref.studies.pipeline_results --digest DATA_ROOT
 
 RUNS_DIR/<dataset>/<model>/{checkpoint.json, metrics.json} and RUNS_DIR/<dataset>/bench_*.json,
 hardware.txt are read (and DIR/bench_*.json, hardware.txt of a CPU `bench model` run); every
 number in the outputs comes from those files, and the comparison sentences are generated.
 `--digest` prints a SHA-256 over the decoded pixels of every image of a dataset (to check that
-two machines built the same embedded dataset, whatever their PNG encoders).
+two machines built the same embedded dataset, whatever their PNG encoders). `load_table(path)`
+reads a committed pipeline_results.json back as one row per dataset and model.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-KEYS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO", "mAD")
-MODELS = ("mambaadv2", "mambaad", "patchcore")
+from mambaadv2_ref.config import DETECTORS
+from mambaadv2_ref.evaluate import METRIC_KEYS as KEYS
+from mambaadv2_ref.studies.results import RESULTS_DIR, read_json
 
 
 def pixel_digest(root: Path) -> str:
@@ -56,7 +58,7 @@ def read_bench(folder: Path) -> dict:
 def collect_dataset(folder: Path) -> dict:
     """One dataset's runs: metrics, training settings and times, benchmark, hardware."""
     out = {"models": {}, "bench": read_bench(folder), "hardware": read_hardware(folder)}
-    for model in MODELS:
+    for model in DETECTORS:
         run = folder / model
         if not (run / "metrics.json").exists():
             continue
@@ -154,15 +156,26 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def load_table(path) -> list[dict]:
+    """One row per (dataset, model) of a committed pipeline_results.json: dataset, model, the
+    eight metrics (fractions), steps, train_s, eval_img_s."""
+    rows = []
+    for name, ds in read_json(path)["datasets"].items():
+        for model, r in ds["models"].items():
+            rows.append({"dataset": name, "model": model, **r["mean"], "steps": r["steps"],
+                         "train_s": r["train_seconds"], "eval_img_s": r["eval_images_per_s"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="*", help="[LABEL=]RUNS_DIR of pipeline_runs.sh")
-    parser.add_argument("--out-dir", default=str(Path(__file__).parent))
+    parser.add_argument("runs", nargs="*", help="[LABEL=]RUNS_DIR of studies.pipeline_runs")
+    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--digest", help="print the pixel digest of a dataset root and exit")
     parser.add_argument("--cpu-bench", help="folder of a CPU `bench model` run")
     parser.add_argument("--setup", default="", help="one paragraph on how the runs were made")
     parser.add_argument("--reading", default="", help="one paragraph: where v2 wins and not")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.digest:
         print(pixel_digest(Path(args.digest)))
         return

@@ -1,24 +1,24 @@
-"""The short live training run of chapters 11-12, and the committed results the book shows.
+"""The short live training run of chapters 11-12.
 
 Chapter 11 trains the model of the chapter's profile for a few steps (`live_run(fresh=True)`);
 chapter 12 reuses that run when it exists and was made with the same settings, and otherwise
 trains it itself (`train`'s exact resume makes the reuse safe: a finished run with the same
 settings resumes at its last step and returns at once). Full runs are too long for a chapter:
-their results are committed under `mambaadv2_ref/results/` and read with `committed_results`.
+their results are committed under `book/results/` and read with `studies.results`.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from mambaadv2_ref.profiles import get_profile, resolve_device, use_bf16
-from mambaadv2_ref.train import TrainConfig, train
+from mambaadv2_ref.config import get_profile
+from mambaadv2_ref.runtime import resolve_device, use_bf16
+from mambaadv2_ref.train import train
+from mambaadv2_ref.train_config import TrainConfig
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 # steps of the live run per profile: about half a minute on 2 CPU cores for tiny
 LIVE_STEPS = {"tiny": 40, "small": 40, "paper": 300}
 # GiB of training peak memory per image of batch, MambaADv2, measured with `bench model` on an
@@ -79,23 +79,3 @@ def live_run(out: str | Path, profile: str, device: str = "auto", fresh: bool = 
     if fresh and out.exists():
         shutil.rmtree(out)
     return train(live_run_config(out, profile, device, steps))
-
-
-def committed_results(name: str) -> dict | None:
-    """Load `mambaadv2_ref/results/<name>` (a JSON file) if it is committed, else None.
-
-    Args:
-        name: file name, e.g. "pipeline_results.json".
-
-    Returns:
-        the parsed JSON, or None when the file does not exist (the book then says so).
-    """
-    path = RESULTS_DIR / name
-    if path.suffix != ".json":
-        raise ValueError(f"name must be a .json file name, got {name!r}")
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def list_results() -> list[str]:
-    """Names of the JSON result files committed under `mambaadv2_ref/results/`, sorted."""
-    return sorted(p.name for p in RESULTS_DIR.glob("*.json")) if RESULTS_DIR.is_dir() else []

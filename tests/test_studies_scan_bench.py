@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mambaadv2_ref.scans.bench import _ratios, run_scan_bench
+from mambaadv2_ref.studies.scan_bench import _ratios, load_table, run_scan_bench
 
 SHAPES = [dict(scan="ssd", batch=1, length=40, heads=2, headdim=4, d_state=4, chunk=16),
           dict(scan="mamba3", batch=1, length=40, heads=2, headdim=4, d_state=8, chunk=16),
@@ -23,6 +23,10 @@ def test_bench_runs_every_method_and_saves_json(tmp_path):
         assert "error" in entry["methods"]["mamba_ssm"]          # no GPU kernel here
         assert entry["ratios"]["sequential_over_chunked_eager"] > 0
     assert json.loads(out.read_text())["shapes"] == json.loads(json.dumps(result["shapes"]))
+    rows = load_table(out)
+    assert [(r["scan"], r["method"]) for r in rows][:3] == [
+        ("ssd", "sequential"), ("ssd", "chunked_eager"), ("ssd", "mamba_ssm")]
+    assert all(("ms" in r) != ("note" in r) for r in rows)
 
 
 def test_ratios_compare_like_with_like():

@@ -7,7 +7,8 @@ and written as JSON after every measurement, so a run cut short keeps what it me
 
 Shape keys: scan ("s6", "ssd", "mamba3"), batch, length, heads, headdim, d_state, chunk (SSD and
 Mamba-3), sequential_batch (optional). For S6 the channel count is D = heads * headdim.
-Command line: `python -m mambaadv2_ref.scans.bench --device cuda --out bench.json`.
+Command line: `python -m mambaadv2_ref.studies.scan_bench --device cuda --out bench.json`;
+`load_table(path)` reads a committed result back as one row per shape and method.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from pathlib import Path
 
 import torch
 
-from ..timing import environment, seconds_per_call
-from .backends import available_backends
-from .mamba3 import mamba3_chunked, mamba3_scan, mamba3_sequential
-from .s6 import selective_scan, selective_scan_chunked, selective_scan_sequential
-from .ssd import ssd_chunked, ssd_scan, ssd_sequential
+from mambaadv2_ref.runtime import resolve_device
+from mambaadv2_ref.scans import available_backends
+from mambaadv2_ref.scans.mamba3 import mamba3_chunked, mamba3_scan, mamba3_sequential
+from mambaadv2_ref.scans.s6 import (
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_sequential,
+)
+from mambaadv2_ref.scans.ssd import ssd_chunked, ssd_scan, ssd_sequential
+from mambaadv2_ref.studies.results import environment, read_json
+from mambaadv2_ref.timing import seconds_per_call
 
 DECODER = dict(batch=128, length=4096, heads=4, headdim=32, d_state=16)
 GPU_SHAPES = [
@@ -142,8 +149,6 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
         {error}, and ratios (sequential / chunked at equal batch, chunked / compiled,
         chunked / mamba-ssm).
     """
-    from mambaadv2_ref.profiles import resolve_device
-
     device = resolve_device(device)
     shapes = shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
     if scans is not None:
@@ -184,6 +189,22 @@ def run_scan_bench(device: str | torch.device = "auto", shapes: list[dict] | Non
             print(shape["scan"], method, entry["methods"][method], flush=True)
         print(shape, entry["ratios"], flush=True)
     return result
+
+
+def load_table(path) -> list[dict]:
+    """One row per (shape, method) of a committed scan benchmark: scan, batch, length, heads,
+    headdim, d_state, chunk, method, ms (or the reason it was not timed in `note`)."""
+    rows = []
+    for entry in read_json(path)["shapes"]:
+        shape = {k: v for k, v in entry["shape"].items() if k != "sequential_batch"}
+        for method, m in entry["methods"].items():
+            row = {**shape, "method": method}
+            if "ms" in m:
+                row.update(ms=m["ms"], batch=m["batch"])
+            else:
+                row["note"] = m.get("error", "")
+            rows.append(row)
+    return rows
 
 
 def run_benchmark(device: str | torch.device = "auto") -> dict:

@@ -1,4 +1,5 @@
-"""viz.book_runs: the live-run config and the committed-results reader (no training here)."""
+"""studies.live_run and studies.results: the live-run config, the committed-results reader and
+the shared markdown table (no training here)."""
 
 import json
 from types import SimpleNamespace
@@ -6,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mambaadv2_ref.viz import book_runs
+from mambaadv2_ref.studies import live_run as book_runs
+from mambaadv2_ref.studies import results
+from mambaadv2_ref.tables import markdown_table
 
 
 def test_live_run_config_follows_the_profile(tmp_path):
@@ -19,15 +22,27 @@ def test_live_run_config_follows_the_profile(tmp_path):
 
 
 def test_committed_results_reads_or_says_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(book_runs, "RESULTS_DIR", tmp_path)
-    assert book_runs.committed_results("missing.json") is None
-    assert book_runs.list_results() == []
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert results.committed_results("missing.json") is None
+    assert results.list_results() == []
     (tmp_path / "bench.json").write_text(json.dumps({"date": "2026-11-27", "ms": 1.5}))
     (tmp_path / "notes.md").write_text("not a result")
-    assert book_runs.committed_results("bench.json") == {"date": "2026-11-27", "ms": 1.5}
-    assert book_runs.list_results() == ["bench.json"]
+    assert results.committed_results("bench.json") == {"date": "2026-11-27", "ms": 1.5}
+    assert results.list_results() == ["bench.json"]
     with pytest.raises(ValueError, match=".json"):
-        book_runs.committed_results("notes.md")
+        results.committed_results("notes.md")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json"):
+        results.read_json(tmp_path / "broken.json")
+
+
+def test_markdown_table_columns_formats_and_missing_cells():
+    rows = [{"model": "v2", "mAD": 0.9512, "steps": 300}, {"model": "v1", "note": "skipped"}]
+    table = markdown_table(rows, formats={"mAD": ".1%"})
+    assert table.splitlines() == ["| model | mAD | steps | note |", "|---|---|---|---|",
+                                  "| v2 | 95.1% | 300 |  |", "| v1 |  |  | skipped |"]
+    with pytest.raises(ValueError, match="rows"):
+        markdown_table([])
 
 
 def test_live_batch_fits_the_gpu(monkeypatch):

@@ -1,0 +1,81 @@
+"""The three detectors by name: build one, or rebuild one from a checkpoint.
+
+`build_detector` builds mambaadv2 / mambaad (`build_model`) or PatchCore by name;
+`load_detector` rebuilds one from a run directory's manifest (the encoder weights come from the
+checkpoint, never downloaded again) and loads its state; `model_config_fields` lists the config
+fields of a detector (what `--set` may override).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from mambaadv2_ref.checkpoint import load_checkpoint
+from mambaadv2_ref.config import DETECTORS, ModelConfig, preset
+from mambaadv2_ref.config_tools import model_config_diff
+from mambaadv2_ref.model.factory import build_model
+from mambaadv2_ref.model.patchcore import PatchCore, PatchCoreConfig
+
+
+def _check_name(model: str) -> None:
+    if model not in DETECTORS:
+        raise ValueError(f"model must be one of {list(DETECTORS)}, got {model!r}")
+
+
+def model_config_fields(model: str) -> set[str]:
+    """Names of the config fields of detector `model` (what `--set` may override)."""
+    _check_name(model)
+    return {f.name for f in fields(PatchCoreConfig if model == "patchcore" else ModelConfig)}
+
+
+def build_detector(model: str, profile: str = "tiny", encoder: str | None = None,
+                   pretrained: bool = True, overrides: dict | None = None) -> torch.nn.Module:
+    """Build a detector by name: `build_model` for mambaadv2/mambaad, else `PatchCore`.
+
+    Args:
+        model: one of config.DETECTORS.
+        profile: size preset; PatchCore takes the preset's encoder and image size.
+        encoder: encoder name (None = the preset's).
+        pretrained: load the encoder's ImageNet weights.
+        overrides: config fields to override.
+    """
+    _check_name(model)
+    overrides = dict(overrides or {})
+    if model != "patchcore":
+        return build_model(model=model, profile=profile, encoder=encoder, pretrained=pretrained,
+                           **overrides)
+    base = preset(profile)
+    values = {"encoder": encoder or base.encoder, "image_size": base.image_size, **overrides}
+    return PatchCore(PatchCoreConfig.from_dict(values), pretrained=pretrained)
+
+
+def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the detector saved in `run_dir` and load its weights (frozen encoder included).
+
+    Returns:
+        (model in eval mode on `device`, the manifest).
+    """
+    ckpt = load_checkpoint(run_dir)
+    stored = dict(ckpt.meta["model_config"])
+    name = ckpt.meta["model"]
+    if name == "patchcore":
+        fixed = {}
+        rest = stored
+    else:
+        fixed = {k: stored.pop(k) for k in ("profile", "encoder") if k in stored}
+        stored.pop("model", None)
+        rest = {k: v for k, v in stored.items() if k != "pretrained"}
+    model = build_detector(name, profile=fixed.get("profile", "tiny"),
+                           encoder=fixed.get("encoder"), pretrained=False, overrides=rest)
+    diff = [d for d in model_config_diff(ckpt.meta["model_config"], model.config.to_dict())
+            if not d.startswith("pretrained:")]
+    if diff:
+        raise ValueError(f"the model rebuilt from {run_dir} differs from its stored config: "
+                         + "; ".join(diff))
+    try:
+        model.load_state_dict(ckpt.state)
+    except RuntimeError as err:
+        raise ValueError(f"weights in {run_dir} do not fit model {name!r}: {err}") from err
+    return model.to(device).eval(), ckpt.meta
