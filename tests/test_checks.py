@@ -211,7 +211,10 @@ def test_missing_answers_and_student_errors_are_hints(capsys):
     assert "not answered yet" in verdict("ch04.ex2", stub).message
     assert "not answered yet" in verdict("ch00.ex3", None).message
     assert "raised KeyError" in verdict("ch04.ex2", broken).message
-    assert "conceptual" in verdict("ch02.ex1").message
+    assert "not answered yet" in verdict("ch02.ex1").message
+    assert not verdict("ch02.ex1", "   ").ok and not verdict("ch02.ex1", 3).ok
+    recorded = verdict("ch02.ex1", "Euler's B is the first term of the series.")
+    assert recorded.ok and "recorded (9 words)" in recorded.message
     check("ch00.ex3", 0.01)
     assert "right." in capsys.readouterr().out
     with pytest.raises(ValueError, match="exercise_id"):
@@ -224,12 +227,15 @@ def test_messages_never_contain_the_expected_number():
         assert "0.01" not in message and "too" in message
 
 
-def test_strict_mode_raises_for_wrong_answers_only(monkeypatch, capsys):
+def test_strict_mode_raises_for_wrong_and_missing_answers(monkeypatch, capsys):
     monkeypatch.setenv(STRICT_ENV, "1")
     with pytest.raises(AssertionError, match="ch00.ex3"):
         check("ch00.ex3", 0.5)
     with pytest.raises(AssertionError, match="not answered"):
         check("ch00.ex3", None)
+    with pytest.raises(AssertionError, match="not answered"):
+        check("ch02.ex1")                               # conceptual: only a missing answer
     check("ch00.ex3", 0.01)
-    check("ch02.ex1")                                   # conceptual: printed, never raised
-    assert "right." in capsys.readouterr().out
+    check("ch02.ex1", "a written answer")
+    out = capsys.readouterr().out
+    assert "right." in out and "answer recorded" in out

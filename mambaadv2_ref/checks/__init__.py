@@ -8,9 +8,10 @@
 `EXERCISES` maps every exercise id ("chNN.exM") to its Exercise (kind, title, checker, hint).
 Code exercises run the student's function against the package's own on seeded random inputs;
 numeric ones compare within a stated tolerance; measurements are checked for structure and
-sign; conceptual ones have no automatic check (their model answer is in the instructor edition).
-No message ever contains the solution. With MAMBAADV2_CHECKS_STRICT=1 a wrong or missing answer
-raises AssertionError, so that running a student's notebook (nbval, jupyter execute) grades it.
+sign; conceptual ones have no automatic check: their check only records that a written answer
+is there (the model answer is in the instructor edition). No message ever contains the solution.
+With MAMBAADV2_CHECKS_STRICT=1 a wrong or missing answer raises AssertionError, so that running a
+student's notebook (nbval, jupyter execute) grades it.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class Verdict(NamedTuple):
 def verdict(exercise_id: str, answer=None) -> Verdict:
     """Check `answer` for the exercise `exercise_id` without printing anything.
 
-    A missing answer (None, or a function that raises NotImplementedError) is "not answered yet";
-    a conceptual exercise is never ok (nothing to check automatically).
+    A missing answer (None, or a function that raises NotImplementedError) is "not answered yet".
+    A conceptual exercise is ok as soon as it has a written answer (a non-empty string): its
+    content is for the instructor to read.
     """
     if exercise_id not in EXERCISES:
         raise ValueError(f"exercise_id must be one of the book's exercises, e.g. 'ch04.ex2'; got "
@@ -47,8 +49,7 @@ def verdict(exercise_id: str, answer=None) -> Verdict:
     ex = EXERCISES[exercise_id]
     head = f"{exercise_id} ({ex.title})"
     if ex.checker is None:
-        return Verdict(False, f"{head}: a conceptual exercise, with no automatic check; write "
-                              "your answer in the cell below it")
+        return _conceptual(head, answer)
     if answer is None:
         return Verdict(False, f"{head}: not answered yet. Hint: {ex.hint}")
     try:
@@ -61,15 +62,23 @@ def verdict(exercise_id: str, answer=None) -> Verdict:
     return Verdict(True, f"{head}: right.")
 
 
+def _conceptual(head: str, answer) -> Verdict:
+    """A conceptual exercise: only whether a written answer is there (nothing to check)."""
+    if not isinstance(answer, str) or not answer.strip():
+        return Verdict(False, f"{head}: not answered yet: write your answer in words, as a "
+                              'string: answer = """..."""')
+    return Verdict(True, f"{head}: answer recorded ({len(answer.split())} words). There is no "
+                         "automatic check for a conceptual exercise: your instructor reads it.")
+
+
 def check(exercise_id: str, answer=None) -> None:
     """Print whether `answer` is right for `exercise_id`, with a hint when it is not.
 
-    Raises AssertionError instead of printing a wrong verdict when $MAMBAADV2_CHECKS_STRICT is
-    set to 1 (grading); conceptual exercises never raise.
+    Raises AssertionError instead of printing a wrong or missing answer when
+    $MAMBAADV2_CHECKS_STRICT is 1 (grading); for a conceptual exercise only a missing answer.
     """
     ok, message = verdict(exercise_id, answer)
-    strict = os.environ.get(STRICT_ENV, "0") == "1"
-    if strict and not ok and EXERCISES[exercise_id].checker is not None:
+    if not ok and os.environ.get(STRICT_ENV, "0") == "1":
         raise AssertionError(message)
     print(message)
 
