@@ -1,4 +1,8 @@
-"""Checks of chapters 0, 1 and 11-13: profiles, metrics, training, evaluation and costs."""
+"""Checks of chapters 0, 1 and 11-13: profiles, metrics, training, evaluation and costs.
+
+The model and the training loop are imported inside the checks that use them (they load timm,
+which takes seconds; see checks.decoder).
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,21 @@ from mambaadv2_ref.checks.harness import (
 from mambaadv2_ref.config import PROFILES, preset, stage_sizes
 from mambaadv2_ref.metrics.curves import ap_from_counts, exact_counts, f1max_threshold
 from mambaadv2_ref.metrics.summary import ALL_KEYS
-from mambaadv2_ref.model import build_model
-from mambaadv2_ref.train import param_groups
+
+
+def trainable_count(profile: str = "tiny", **overrides) -> int:
+    """Trainable parameters of MambaADv2 at a profile (random encoder weights, seed 0)."""
+    from mambaadv2_ref.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mambaadv2", profile, pretrained=False, **overrides)
+    return sum(p.numel() for p in model.trainable_parameters())
 
 
 def check_profile_params(answer) -> None:
     got = require_keys(answer, ("tiny", "small"), "your answer")
     for profile, value in got.items():
-        torch.manual_seed(0)
-        model = build_model("mambaadv2", profile, pretrained=False)
-        compare_number(value, sum(p.numel() for p in model.trainable_parameters()), 0,
-                       f"your {profile!r} count")
+        compare_number(value, trainable_count(profile), 0, f"your {profile!r} count")
 
 
 def check_affine_invariance(answer) -> None:
@@ -72,6 +80,8 @@ def _same_groups(student_groups, reference_groups) -> bool:
 
 
 def check_param_groups(answer) -> None:
+    from mambaadv2_ref.train import param_groups
+
     if not callable(answer):
         raise Wrong(f"the answer must be a function, got {type(answer).__name__}")
     frozen = torch.nn.Linear(3, 3)

@@ -1,11 +1,14 @@
-"""Checks of chapters 6-10: scan curves, the HSS block, the DSS module, scan plans, the model."""
+"""Checks of chapters 6-10: scan curves, the HSS block, the DSS module, scan plans, the model.
+
+The blocks and the model are imported inside the checks that use them: importing them loads timm,
+which takes seconds, and a student of chapters 0-6 should not wait for it.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from mambaadv2_ref.blocks.dss import DSSModule
-from mambaadv2_ref.blocks.freq_conv import fft_filter
+from mambaadv2_ref.checks.basics import trainable_count
 from mambaadv2_ref.checks.harness import (
     Exercise,
     Wrong,
@@ -16,8 +19,6 @@ from mambaadv2_ref.checks.harness import (
     zero_and_nonzero,
 )
 from mambaadv2_ref.config import preset, stage_sizes
-from mambaadv2_ref.model import build_model
-from mambaadv2_ref.model.anomaly_map import cosine_distance_maps
 from mambaadv2_ref.scanning import (
     StagePlan,
     build_orders,
@@ -90,11 +91,15 @@ def _filter_inputs(g: torch.Generator, shape: tuple) -> tuple:
 
 
 def check_fft_filter(answer) -> None:
+    from mambaadv2_ref.blocks.freq_conv import fft_filter
+
     compare_functions(answer, fft_filter, random_cases(_filter_inputs, [
         (1, 3, 8, 10), (2, 4, 16, 16), (1, 2, 5, 7)]), 1e-4, 1e-5)
 
 
 def _dss_params(use_fft: bool) -> int:
+    from mambaadv2_ref.blocks.dss import DSSModule
+
     cfg = preset("tiny", d_state=8, headdim=8, use_fft=use_fft)
     module = DSSModule(32, 2, StagePlan("hilbert", 2), cfg)
     return sum(p.numel() for p in module.parameters())
@@ -151,16 +156,10 @@ def check_custom_config(answer) -> None:
         raise Wrong(f"its plan reads {got}, deepest stage first")
 
 
-def _trainable(**overrides) -> int:
-    torch.manual_seed(0)
-    model = build_model("mambaadv2", "tiny", pretrained=False, **overrides)
-    return sum(p.numel() for p in model.trainable_parameters())
-
-
 def check_path_params(answer) -> None:
     got = require_keys(answer, ("sum", "recurrence", "gate"), "your answer")
     for mode, value in got.items():
-        compare_number(value, _trainable(path_mode=mode), 0, f"your {mode!r} count")
+        compare_number(value, trainable_count(path_mode=mode), 0, f"your {mode!r} count")
 
 
 def _map_inputs(g: torch.Generator, shape: tuple) -> tuple:
@@ -171,6 +170,8 @@ def _map_inputs(g: torch.Generator, shape: tuple) -> tuple:
 
 
 def check_cosine_maps(answer) -> None:
+    from mambaadv2_ref.model.anomaly_map import cosine_distance_maps
+
     compare_functions(answer, cosine_distance_maps, random_cases(_map_inputs, [
         (2, (32, 32), 3), (1, (20, 24), 1)]), 1e-4, 1e-5)
 
