@@ -4,7 +4,9 @@ Each subcommand parses its arguments here and calls one function of the package:
 train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict, bench scan ->
 studies.scan_bench.run_scan_bench, bench model -> studies.speed.bench_model. Errors that come
 from bad input (ValueError, TypeError, FileNotFoundError, unavailable pretrained weights) are
-printed as one clean message with exit status 2.
+printed as one clean message with exit status 2, and so is a training stopped by a NaN loss
+(its last good checkpoint kept); Ctrl-C during training saves a checkpoint, says how to resume
+and exits with status 130.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ def _classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
     parser = argparse.ArgumentParser(
@@ -38,14 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=DETECTORS, default="mambaadv2")
     p.add_argument("--encoder", default=None, help="timm encoder name (default: the profile's)")
     n = p.add_mutually_exclusive_group()
-    n.add_argument("--steps", type=int, default=None, help="optimisation steps")
-    n.add_argument("--epochs", type=int, default=None, help="epochs (converted to steps)")
+    n.add_argument("--steps", type=_positive_int, default=None, help="optimisation steps")
+    n.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs (converted to steps)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (an error when it has no checkpoint)")
+    r.add_argument("--force", action="store_true",
+                   help="replace the run in --out (deletes its checkpoint, metrics.json, maps/)")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
-                   help="override a training or model config field (repeatable)")
+                   help="override a training or model config field (repeatable), typed by the "
+                        "field: booleans true/false/1/0. A checkpoint is saved every "
+                        "checkpoint_minutes (default 10), every checkpoint_every steps when set, "
+                        "at the end and on Ctrl-C")
 
     p = sub.add_parser("evaluate", help="per-class metrics of a trained run",
                        description="Evaluate a run on the test split; writes RUN/metrics.json.")
@@ -53,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset root (default: the one trained on)")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: trained)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--save-maps", action="store_true", help="write RUN/maps/<class>.npz")
+    p.add_argument("--pixel-method", choices=("exact", "binned"), default="exact",
+                   help="exact: up to ~58 bytes per test pixel (MVTec AD at 256 px: ~6.5 GB); "
+                        "binned: 4096-bin histograms, ~7 bytes per test pixel, within ~2e-3")
+    p.add_argument("--aupro", choices=("mambaad", "mvtec"), default="mambaad",
+                   help="AUPRO definition: mambaad (MambaAD/ADer: 100 thresholds, FPR rescaled "
+                        "below 0.3) or mvtec (MVTec AD evaluation / anomalib: every threshold, "
+                        "interpolated at FPR 0.3); recorded in metrics.json")
 
     p = sub.add_parser("predict", help="anomaly heatmaps and scores for image files",
                        description="Score images with a trained run; writes overlays and "
@@ -78,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder", default=None)
     b.add_argument("--device", default="auto")
     b.add_argument("--batch-size", type=int, default=None)
-    b.add_argument("--iters", type=int, default=5, help="timed iterations after 2 warm-ups")
+    b.add_argument("--iters", type=_positive_int, default=5,
+                   help="timed iterations after 2 warm-ups")
     b.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE")
     b.add_argument("--out", default="bench_model.json", help="JSON file to write")
     return parser
@@ -92,19 +121,20 @@ def _train(args) -> None:
     cfg = TrainConfig(out=args.out, data=args.data, model=args.model,
                       profile=args.profile or default_profile_name(), encoder=args.encoder,
                       steps=args.steps, epochs=args.epochs, classes=_classes(args.classes),
-                      device=args.device, resume=args.resume)
+                      device=args.device, resume=args.resume, force=args.force)
     cfg = config_from_sets(cfg, parse_sets(args.sets), model_config_fields(args.model))
     meta = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary line
-        print(f"trained {cfg.model}: {meta['train']['num_steps']} steps, "
-              f"{meta['train_seconds']:.1f} s; checkpoint in {cfg.out}")
+        print(f"trained {cfg.model}: step {meta['step']} of {meta['train']['num_steps']}, "
+              f"{meta['train_seconds']:.1f} s; checkpoint {meta['checkpoint']}")
 
 
 def _evaluate(args) -> None:
     from mambaadv2_ref.evaluate import evaluate
 
     evaluate(args.run, data=args.data, classes=_classes(args.classes), device=args.device,
-             batch_size=args.batch_size, save_maps=args.save_maps)
+             batch_size=args.batch_size, save_maps=args.save_maps,
+             pixel_method=args.pixel_method, aupro_definition=args.aupro)
 
 
 def _predict(args) -> None:
@@ -120,12 +150,15 @@ def _bench(args) -> None:
 
         run_scan_bench(args.device, out_path=args.out)  # prints and saves as it goes
     else:
+        from mambaadv2_ref.model.detectors import model_config_fields
         from mambaadv2_ref.studies.speed import bench_model
+        from mambaadv2_ref.train_config import typed_model_sets
 
         result = bench_model(args.model, profile=args.profile or default_profile_name(),
                              encoder=args.encoder, device=args.device,
                              batch_size=args.batch_size, iters=args.iters,
-                             overrides=parse_sets(args.sets))
+                             overrides=typed_model_sets(parse_sets(args.sets),
+                                                        model_config_fields(args.model)))
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1))
     print(f"saved {args.out}")
@@ -136,10 +169,19 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "bench"
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m mambaadv2_ref` and the `mambaadv2-ref` console script."""
+    from mambaadv2_ref.train import TrainingDiverged, TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError, PretrainedWeightsUnavailable) as err:
+    except (ValueError, FileNotFoundError, TypeError, PretrainedWeightsUnavailable,
+            TrainingDiverged) as err:
         print(f"mambaadv2-ref {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"mambaadv2-ref {args.command}: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"mambaadv2-ref {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -1,35 +1,52 @@
-"""Prediction: anomaly heatmap overlays and image scores for arbitrary image files.
+"""Prediction: anomaly heatmap overlays, image scores and normal/anomalous decisions for files.
 
-`predict(run_dir, images, out)` writes, for every image, `<name>_overlay.png` (the input beside
-the input overlaid with its anomaly map, drawn by `overlay.plot_heatmap_overlay`) and one
-`scores.csv` with columns path, score and, when a threshold is known, threshold and
-is_anomalous (score >= threshold). The threshold is the F1-optimal image threshold that
-`evaluate` stored in RUN_DIR/metrics.json for the chosen class (`cls`), or for the run's only
-class; the overlay then outlines the pixels above it (the image score is the map's maximum).
+`predict(run_dir, images, out)` prints what it is about to do at once, then for every image
+appends a row to `scores.csv` (flushed per image, so an interruption keeps every row done) with
+columns path, score, threshold and is_anomalous (score >= threshold; both empty when no threshold
+is stored), and writes `<name>_overlay.png` (the input beside the input overlaid with its anomaly
+map, drawn by `overlay.plot_heatmap_overlay`, pixels above the threshold outlined). Every file
+is written atomically (temp file + os.replace); stale temp files of an interrupted run are
+removed first. A file that cannot be read is skipped and named (at once, and in predict.json); a
+NaN/inf anomaly map stops with an error naming the image.
+
+Threshold: the F1-optimal image threshold that `evaluate` stored in RUN_DIR/metrics.json for the
+chosen class (`cls`), or for the run's only evaluated class; refused when metrics.json was
+computed at another training step than the checkpoint's. Colour scale: every overlay uses ONE
+scale, the [min, max] of the class's test maps stored by `evaluate` (all classes' when no class
+is chosen), else the [min, max] over this call's maps (then the overlays are drawn after all
+images are scored). `predict.json` records the threshold, the scale and the skipped files.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from mambaadv2_ref.checkpoint import atomic_write, write_json
 from mambaadv2_ref.data.mvtec import IMAGE_EXTENSIONS
 from mambaadv2_ref.data.transforms import denormalise, load_image
+from mambaadv2_ref.evaluate import check_finite_maps, remove_stale_temps
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.overlay import plot_heatmap_overlay
 from mambaadv2_ref.runtime import resolve_device
 
+FIELDS = ("path", "score", "threshold", "is_anomalous")
+
 
 def list_images(images) -> list[Path]:
-    """An image file, or the image files (png/jpg) directly inside a folder, sorted."""
+    """An image file, or the (non-hidden) png/jpg files directly inside a folder, sorted."""
     path = Path(images)
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
         raise FileNotFoundError(f"images: {str(path)!r} is neither a file nor a folder")
     if not files:
@@ -37,23 +54,70 @@ def list_images(images) -> list[Path]:
     return files
 
 
-def stored_threshold(run_dir: Path, cls: str | None) -> tuple[str | None, float | None]:
-    """(class, threshold) from RUN_DIR/metrics.json, or (None, None) when unavailable.
+def _evaluation(run_dir: Path, step: int | None) -> dict:
+    """RUN_DIR/metrics.json ({} when absent); an evaluation of another step is an error."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return {}
+    metrics = json.loads(path.read_text())
+    evaluated = metrics.get("run", {}).get("step")
+    if step is not None and evaluated is not None and evaluated != step:
+        raise ValueError(f"{path} was computed at training step {evaluated} but the checkpoint "
+                         f"is at step {step}: its thresholds are stale; run evaluate again")
+    return metrics
+
+
+def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None
+                     ) -> tuple[str | None, float | None, str]:
+    """(class, threshold, note) from RUN_DIR/metrics.json; threshold None when unavailable.
+
+    Args:
+        run_dir: run directory. cls: class whose threshold to use (None: the only one).
+        step: the checkpoint's step; a metrics.json of another step is refused.
+
+    Returns:
+        the class, its threshold, and one sentence saying where the threshold comes from or why
+        there is none.
 
     Raises:
-        ValueError: `cls` given but the evaluation has no threshold for it.
+        ValueError: `cls` given but the evaluation has no threshold for it, or stale metrics.
     """
-    path = Path(run_dir) / "metrics.json"
-    thresholds = json.loads(path.read_text()).get("image_thresholds", {}) if path.exists() else {}
+    thresholds = _evaluation(run_dir, step).get("image_thresholds", {})
     if cls is not None:
         if cls not in thresholds:
             raise ValueError(f"--class {cls!r}: no stored threshold (evaluated classes: "
                              f"{sorted(thresholds) or 'none, run evaluate first'})")
-        return cls, float(thresholds[cls])
+        return cls, float(thresholds[cls]), f"threshold of class {cls!r}: {thresholds[cls]:.4g}"
     if len(thresholds) == 1:
         (name, value), = thresholds.items()
-        return name, float(value)
-    return None, None
+        return name, float(value), f"threshold of class {name!r}: {value:.4g}"
+    if thresholds:
+        why = f"the run was evaluated on several classes {sorted(thresholds)}: pass --class"
+    else:
+        why = f"{Path(run_dir) / 'metrics.json'} has no threshold: run evaluate first"
+    return None, None, f"NO THRESHOLD ({why}); scores only, no normal/anomalous decision"
+
+
+def stored_colour_scale(run_dir: Path, cls: str | None) -> tuple[float, float] | None:
+    """[min, max] of the evaluated test maps of `cls` (all classes when None), or None."""
+    ranges = _evaluation(run_dir, None).get("map_range", {})
+    chosen = [ranges[cls]] if cls in ranges else [] if cls is not None else list(ranges.values())
+    if not chosen:
+        return None
+    return min(r[0] for r in chosen), max(r[1] for r in chosen)
+
+
+def _save_overlay(path: Path, out: Path, size: int, amap: np.ndarray, score: float,
+                  threshold: float | None, scale: tuple[float, float]) -> None:
+    """Draw one overlay on the common colour scale and write it atomically."""
+    x = load_image(path, size)
+    title = f"score {score:.3g}" + (f" (threshold {threshold:.3g})" if threshold is not None
+                                    else "")
+    image = denormalise(x).clamp(0, 1).permute(1, 2, 0)
+    fig = plot_heatmap_overlay(image, amap, threshold=threshold, title=title)
+    fig.axes[1].images[-1].set_clim(*scale)  # the overlay (its colorbar follows)
+    atomic_write(out / f"{path.name}_overlay.png",
+                 lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 @torch.no_grad()
@@ -68,34 +132,61 @@ def predict(run_dir, images, out, cls: str | None = None, device="auto") -> list
         device: "auto", "cpu" or "cuda[:N]".
 
     Returns:
-        one dict per image: path, score (+ threshold, is_anomalous when known).
+        one dict per scored image: path, score, threshold, is_anomalous ("" when no threshold).
+
+    Raises:
+        ValueError: no image could be read, a NaN/inf map (naming the image), stale metrics.
     """
-    device = resolve_device(device)
     files = list_images(images)
-    cls, threshold = stored_threshold(run_dir, cls)
-    model, meta = load_detector(run_dir, device=device)
-    size = meta["train"]["image_size"]
     out = Path(out)
+    print(f"predict: scoring {len(files)} image(s) from {images} with run {run_dir}; writing "
+          f"to {out} as it goes", flush=True)
+    device = resolve_device(device)
+    model, meta = load_detector(run_dir, device=device)
+    cls, threshold, note = stored_threshold(run_dir, cls, meta.get("step"))
+    print(f"predict: {note}", flush=True)
+    scale = stored_colour_scale(run_dir, cls)
+    source = "the evaluated test maps" if scale else "this call's maps"
+    size = meta["train"]["image_size"]
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in files:
-        x = load_image(path, size)
-        maps, scores = model.anomaly_map(x[None].to(device))
-        amap, score = maps[0].float().cpu(), float(scores[0])
-        title = f"score {score:.3g}"
-        if threshold is not None:
-            title += f" (threshold {threshold:.3g})"
-        image = denormalise(x).clamp(0, 1).permute(1, 2, 0)
-        fig = plot_heatmap_overlay(image, amap, threshold=threshold, title=title)
-        fig.savefig(out / f"{path.name}_overlay.png", dpi=100)
-        row = {"path": str(path), "score": score}
-        if threshold is not None:
-            row.update(threshold=threshold, is_anomalous=int(score >= threshold))
-        rows.append(row)
+    remove_stale_temps(out)
+    rows, skipped, pending = [], [], []
     with open(out / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
-    note = f" (threshold of class {cls!r}: {threshold:.4g})" if threshold is not None else ""
-    print(f"scored {len(rows)} images{note}; overlays and scores.csv in {out}")
+        for path in tqdm(files, desc="predict", leave=False):
+            try:
+                x = load_image(path, size)
+            except (ValueError, OSError) as err:
+                skipped.append({"path": str(path), "reason": str(err)})
+                print(f"predict: skipped {err}", file=sys.stderr, flush=True)
+                continue
+            maps, scores = model.anomaly_map(x[None].to(device))
+            amap, score = maps[0].float().cpu().numpy(), float(scores[0])
+            check_finite_maps(amap[None], np.array([score]), [path])
+            row = {"path": str(path), "score": score, "threshold": "", "is_anomalous": ""}
+            if threshold is not None:
+                row.update(threshold=threshold, is_anomalous=int(score >= threshold))
+            writer.writerow(row)
+            f.flush()
+            rows.append(row)
+            if scale:
+                _save_overlay(path, out, size, amap, score, threshold, scale)
+            else:
+                pending.append((path, amap, score))
+    if pending:
+        scale = (min(float(a.min()) for _, a, _ in pending),
+                 max(float(a.max()) for _, a, _ in pending))
+        for path, amap, score in pending:
+            _save_overlay(path, out, size, amap, score, threshold, scale)
+    write_json(out / "predict.json", {
+        "run": str(Path(run_dir).resolve()), "threshold": threshold, "threshold_class": cls,
+        "threshold_note": note, "scored": len(rows), "skipped": skipped,
+        "colour_scale": {"vmin": scale[0], "vmax": scale[1], "source": source} if scale else None})
+    if not rows:
+        raise ValueError(f"images: none of the {len(files)} file(s) could be read (see "
+                         f"{out / 'predict.json'})")
+    print(f"predict: scored {len(rows)} images, skipped {len(skipped)}; {note}; every overlay on "
+          f"one colour scale [{scale[0]:.4g}, {scale[1]:.4g}] (from {source}); overlays and "
+          f"scores.csv in {out}")
     return rows

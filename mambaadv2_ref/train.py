@@ -12,6 +12,20 @@ Exact resume: the batch of step t is a pure function of (seed, t) (`sampler.Step
 learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
 state and the RNG states; so 6 steps straight and 3 + resume 3 give identical weights.
 
+Safety of a run (each case is an error before any work, or a kept checkpoint):
+- `out` is checked first: a file, a read-only folder, too little free disk for a checkpoint, an
+  existing run without `resume`/`force`, `resume=True` without a checkpoint are errors; `force`
+  deletes the old run's checkpoint, metrics.json and maps/ (nothing else) once every check has
+  passed, just before training starts.
+- every image and mask is opened up front (`data.check_dataset`), so a bad file is named now.
+- checkpoints are written every `checkpoint_minutes` (10 by default), every `checkpoint_every`
+  steps when given, at the end, and on Ctrl-C (at the end of the step in progress; a second
+  Ctrl-C quits at once), then `TrainingInterrupted` says how to resume.
+- a NaN/inf loss stops training (checked at every log record and before every save) with
+  `TrainingDiverged`; the last checkpoint written before it is kept untouched.
+- the run records the dataset's absolute path and `data.dataset_fingerprint` (file names and
+  sizes); resuming on a changed dataset is an error naming what differs.
+
 Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
 with `DistributedSampler`, and logs and checkpoints on rank 0 only.
 
@@ -22,6 +36,10 @@ rank; `lr` base learning rate; `history` logged (step, loss, lr, images/s) recor
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,12 +51,110 @@ from tqdm.auto import tqdm
 from mambaadv2_ref.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, set_rng_state
 from mambaadv2_ref.config import get_profile, scaled_lr
 from mambaadv2_ref.config_tools import config_diff
-from mambaadv2_ref.data import MVTecDataset, embedded_dataset_root
+from mambaadv2_ref.data import (
+    MVTecDataset,
+    check_dataset,
+    dataset_fingerprint,
+    embedded_dataset_root,
+)
 from mambaadv2_ref.model.detectors import build_detector
 from mambaadv2_ref.model.loss import reconstruction_loss
 from mambaadv2_ref.runtime import resolve_device, seed_everything, use_bf16
 from mambaadv2_ref.sampler import StepBatchSampler
 from mambaadv2_ref.train_config import RESUME_KEYS, TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the step and the checkpoint that is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; a checkpoint was saved and the message says how to resume."""
+
+
+RUN_FILES = (MANIFEST, "metrics.json", "maps", "weights-step*.safetensors",
+             "optimizer-step*.safetensors")
+
+
+def run_files(out: Path) -> list[Path]:
+    """The files of a previous run in `out` (checkpoint, metrics.json, maps/)."""
+    return sorted(p for pattern in RUN_FILES for p in Path(out).glob(pattern))
+
+
+def prepare_out(out: str | Path, resume: bool | str, force: bool) -> bool:
+    """Check the run folder before any work (deleting nothing); return whether to resume.
+
+    Args:
+        out: run directory. resume: True, False or "auto" (TrainConfig.resume). force: replace
+            an existing run.
+
+    Raises:
+        ValueError: `out` is a file or not writable, `resume=True` without a checkpoint, an
+            existing run without `resume` or `force`, or `resume` and `force` together.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; expected a folder for the run")
+    if resume is True and force:
+        raise ValueError("give --resume (continue the run) or --force (replace it), not both")
+    has_checkpoint = (out / MANIFEST).is_file()
+    if resume is True and not has_checkpoint:
+        raise ValueError(f"--resume: no checkpoint in {str(out)!r} ({MANIFEST} is missing); "
+                         "leave out --resume to start a new run there")
+    old = run_files(out) if out.is_dir() else []
+    if not (resume and has_checkpoint) and old and not force:
+        names = ", ".join(p.name for p in old)
+        raise ValueError(f"--out {str(out)!r} already holds a run ({names}); pass --resume "
+                         "to continue it or --force to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {str(out)!r} is not writable: {err}") from err
+    return bool(resume) and has_checkpoint
+
+
+def clear_run(out: str | Path) -> None:
+    """Delete the files of a previous run in `out` (what `force` replaces; nothing else)."""
+    for path in run_files(Path(out)):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_free_space(out: Path, model: torch.nn.Module, with_optimizer: bool) -> None:
+    """Raise ValueError when `out`'s disk cannot hold two checkpoints (a save writes the new
+    files before deleting the old)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    needed = 2 * (weights + (2 * trainable if with_optimizer else 0))
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise ValueError(f"--out {str(out)!r}: {free / 2**20:.0f} MiB free on its disk, a "
+                         f"checkpoint needs ~{needed / 2**20:.0f} MiB (two while saving)")
+
+
+class _CtrlC:
+    """While active (main thread only), the first SIGINT asks to stop after the current step;
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested, self._previous = False, None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again quits without it)",
+              flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def steady_images_per_s(history: list[dict]) -> float:
@@ -136,13 +252,21 @@ def train(cfg: TrainConfig) -> dict:
     batch_size = cfg.batch_size or profile.batch_size
     lr = cfg.lr if cfg.lr is not None else scaled_lr(batch_size * world_size)
     seed_everything(cfg.seed)
-    root = Path(cfg.data) if cfg.data else embedded_dataset_root()
+    if rank == 0:
+        resuming = prepare_out(cfg.out, cfg.resume, cfg.force)
+    else:  # rank 0 checks (and with force clears) the folder; a resume needs its checkpoint
+        resuming = bool(cfg.resume) and (Path(cfg.out) / MANIFEST).is_file()
+    root = (Path(cfg.data) if cfg.data else embedded_dataset_root()).resolve()
     dataset = MVTecDataset(root, classes=cfg.classes, split="train", image_size=image_size)
     classes = list(dataset.classes)
+    has_test = all((root / c / "test").is_dir() for c in classes)
+    check_dataset(root, classes, splits=("train", "test") if has_test else ("train",),
+                  progress=rank == 0)
     model = build_detector(cfg.model, profile=profile.name, encoder=cfg.encoder,
                            pretrained=cfg.pretrained,
                            overrides={**cfg.model_overrides, "image_size": image_size}).to(device)
     settings = {"data": str(root), "embedded": cfg.data is None, "classes": classes,
+                "data_fingerprint": dataset_fingerprint(dataset.samples, root),
                 "image_size": image_size, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
                 "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad,
                 "lr_decay_at": cfg.lr_decay_at, "lr_decay": cfg.lr_decay,
@@ -150,6 +274,10 @@ def train(cfg: TrainConfig) -> dict:
     meta = {"model": cfg.model, "model_config": model.config.to_dict(),
             "profile": profile.to_dict(), "train": settings, "history": [],
             "train_seconds": 0.0, "device": str(device)}
+    if rank == 0:
+        check_free_space(Path(cfg.out), model, with_optimizer=cfg.model != "patchcore")
+        if cfg.force and not resuming:  # every check passed: only now the old run goes
+            clear_run(cfg.out)
     if cfg.model == "patchcore":
         if world_size > 1:
             raise ValueError("patchcore fits its memory bank in one process; run it without "
@@ -161,7 +289,7 @@ def train(cfg: TrainConfig) -> dict:
     settings["num_steps"] = num_steps
     optimizer = make_optimizer(model, lr, cfg.weight_decay)
     start = 0
-    if cfg.resume and (Path(cfg.out) / MANIFEST).exists():
+    if resuming:
         start, meta = _resume(cfg, model, optimizer, meta)
     train_model = model
     if world_size > 1:
@@ -176,48 +304,81 @@ def train(cfg: TrainConfig) -> dict:
     bf16 = use_bf16(device, cfg.precision)
     meta["train"]["bf16_autocast"] = bf16
     every = cfg.checkpoint_every
+    seconds_between = 60.0 * cfg.checkpoint_minutes
     model.train()
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc=f"train {cfg.model}")
-    t_run = t_window = time.perf_counter()
+    t_run = t_window = t_saved = time.perf_counter()
+    saved, logged = (start if resuming else None), start
     window_steps, window_images, loss_sum = 0, 0, torch.zeros((), device=device)
-    for step, batch in zip(range(start, stop), loader, strict=False):
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
-        images = batch["image"].to(device, non_blocking=True)
-        loss_sum += train_step(train_model, optimizer, images, cfg.clip_grad, bf16)
-        window_steps += 1
-        window_images += images.shape[0] * world_size
-        done = step + 1
-        bar.update(1)
-        if done % cfg.log_every == 0 or done == stop:
+    with _CtrlC() as ctrl_c:
+        for step, batch in zip(range(start, stop), loader, strict=False):
+            for group in optimizer.param_groups:
+                group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
+            images = batch["image"].to(device, non_blocking=True)
+            loss_sum += train_step(train_model, optimizer, images, cfg.clip_grad, bf16)
+            window_steps += 1
+            window_images += images.shape[0] * world_size
+            done = step + 1
+            bar.update(1)
             now = time.perf_counter()
-            record = {"step": done, "loss": float(loss_sum) / window_steps,
-                      "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": window_images / (now - t_window)}
-            meta["history"].append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-            loss_sum.zero_()
-            window_steps, window_images, t_window = 0, 0, now
-        if rank == 0 and ((every and done % every == 0) or done == stop):
-            meta["train_seconds"] += time.perf_counter() - t_run
-            save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
-            t_run = time.perf_counter()
+            due = ((every and done % every == 0) or done == stop or ctrl_c.requested
+                   or (seconds_between and now - t_saved >= seconds_between))
+            if done % cfg.log_every == 0 or done == stop or due:
+                _check_finite_loss(loss_sum, logged, done, cfg.out, saved)
+                logged = done
+            if done % cfg.log_every == 0 or done == stop:
+                record = {"step": done, "loss": float(loss_sum) / window_steps,
+                          "lr": optimizer.param_groups[0]["lr"],
+                          "images_per_s": window_images / (now - t_window)}
+                meta["history"].append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                img_s=f"{record['images_per_s']:.1f}")
+                loss_sum.zero_()
+                window_steps, window_images, t_window = 0, 0, now
+            if rank == 0 and due:
+                meta["train_seconds"] += time.perf_counter() - t_run
+                save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
+                t_run = t_saved = time.perf_counter()
+                saved = done
+            if ctrl_c.requested:
+                bar.close()
+                raise TrainingInterrupted(
+                    f"interrupted at step {done} of {num_steps}; checkpoint saved in "
+                    f"{Path(cfg.out) / MANIFEST}. Resume with the same command plus --resume "
+                    f"(train --out {cfg.out} --resume ...)")
     bar.close()
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
+    meta.update(step=max(start, saved or 0), checkpoint=str(Path(cfg.out) / MANIFEST))
     return meta
+
+
+def _check_finite_loss(loss_sum: torch.Tensor, since: int, step: int, out: str,
+                       saved: int | None) -> None:
+    """Raise TrainingDiverged when the summed loss of steps since+1..step is NaN/inf."""
+    if bool(torch.isfinite(loss_sum)):
+        return
+    kept = (f"the last good checkpoint (step {saved}) is kept in {Path(out) / MANIFEST}"
+            if saved is not None else "no checkpoint had been saved yet")
+    raise TrainingDiverged(f"the loss became NaN/inf between steps {since + 1} and {step}; "
+                           f"training stopped and {kept}. Lower the learning rate (--set "
+                           "lr=...) or check the data")
 
 
 def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
     """Load model, optimizer and RNG states from `cfg.out`; check the settings still match."""
     ckpt = load_checkpoint(cfg.out, model_name=cfg.model, model_config=meta["model_config"],
                            with_optimizer=True)
-    stored = {k: ckpt.meta["train"].get(k) for k in RESUME_KEYS}
-    wanted = {k: meta["train"].get(k) for k in RESUME_KEYS}
+    keys = [k for k in RESUME_KEYS if k in ckpt.meta["train"] or k != "data_fingerprint"]
+    stored = {k: ckpt.meta["train"].get(k) for k in keys}  # (older runs have no fingerprint)
+    wanted = {k: meta["train"].get(k) for k in keys}
     diff = config_diff(stored, wanted)
     if diff:
-        raise ValueError(f"cannot resume {cfg.out}: training settings differ: " + "; ".join(diff))
+        changed = (" (data_fingerprint: the dataset's file names or sizes changed)"
+                   if any(d.startswith("data_fingerprint") for d in diff) else "")
+        raise ValueError(f"cannot resume {cfg.out}: training settings differ{changed}: "
+                         + "; ".join(diff))
     model.load_state_dict(ckpt.state)
     if ckpt.optimizer_state is None:
         raise ValueError(f"cannot resume {cfg.out}: the checkpoint has no optimizer state")
@@ -238,5 +399,5 @@ def _fit_patchcore(model, dataset, batch_size: int, device, cfg: TrainConfig, me
     meta["train_seconds"] = time.perf_counter() - t0
     meta["train"].update(num_steps=0, num_patches=num_patches,
                          memory_bank_size=int(model.memory_bank.shape[0]))
-    save_checkpoint(cfg.out, model, None, step=0, meta=meta)
+    meta.update(step=0, checkpoint=str(save_checkpoint(cfg.out, model, None, step=0, meta=meta)))
     return meta

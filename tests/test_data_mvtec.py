@@ -85,11 +85,14 @@ def test_grayscale_uppercase_jpg_and_nonsquare(tmp_path):
     np.testing.assert_array_equal(item["mask"][0].bool().numpy(), expected)
 
 
-def test_binarise_mask_0_255_and_0_1():
-    assert binarise_mask(np.array([[0, 100, 128, 255]], np.uint8)).tolist() == [
-        [False, False, True, True]]
-    assert binarise_mask(np.array([[0, 1, 1, 0]], np.uint8)).tolist() == [
+def test_binarise_mask_any_nonzero_label_is_a_defect():
+    assert binarise_mask(np.array([[0, 255, 255, 0]], np.uint8)).tolist() == [
         [False, True, True, False]]
+    assert binarise_mask(np.array([[0, 1, 2, 3]], np.uint8)).tolist() == [  # label values
+        [False, True, True, True]]
+    assert binarise_mask(np.array([[0, 40000]], np.uint16), 65535).tolist() == [[False, True]]
+    with pytest.raises(ValueError, match="not binary: it holds 4 grey levels from 100 to 255"):
+        binarise_mask(np.array([[0, 100, 128, 255]], np.uint8))  # a blurred 0/255 mask
     with pytest.raises(ValueError, match="2-D"):
         binarise_mask(np.zeros((2, 2, 3), np.uint8))
 

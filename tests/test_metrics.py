@@ -9,7 +9,9 @@ from mambaadv2_ref.metrics import (
     ALL_KEYS,
     aggregate,
     aupro,
+    aupro_mvtec,
     compute_metrics,
+    covered_classes,
     f1max_threshold,
     image_metrics,
     mad,
@@ -119,6 +121,38 @@ def test_aupro_hand_cases():
         aupro_from_curve(fpr, pro, max_fpr=0.0)
 
 
+def test_aupro_definitions_on_hand_computed_cases():
+    # one image of six pixels, one region {0, 1}; four normal pixels (FPR steps of 0.25)
+    maps = np.array([[[0.9, 0.5, 0.7, 0.5, 0.2, 0.1]]])
+    masks = np.array([[[1, 1, 0, 0, 0, 0]]], bool)
+    # mvtec: points (0,0) (0,.5) (.25,.5) (.5,1) (.75,1) (1,1); PRO at FPR .3 interpolates to .6:
+    # area = .25 * .5 + .05 * (.5 + .6) / 2 = .1525, / .3
+    assert aupro_mvtec(maps, masks) == pytest.approx(0.1525 / 0.3, abs=1e-12)
+    # mambaad: thresholds in [0.1, 0.9) with FPR < .3 give only (0, .5) and (.25, .5) -> .5
+    assert aupro(maps, masks) == pytest.approx(0.5, abs=1e-12)
+    # two images: regions {A0} (weight 1/2) and {B2, B3} (1/4 each); five normal pixels
+    maps = np.array([[[0.8, 0.9, 0.1, 0.2]], [[0.3, 0.4, 0.6, 0.05]]])
+    masks = np.array([[[1, 0, 0, 0]], [[0, 0, 1, 1]]], bool)
+    # mvtec: (0,0) (.2,0) (.2,.5) (.2,.75) (.4,.75): area 0 + .1 * .75, / .3 = .25
+    assert aupro_mvtec(maps, masks) == pytest.approx(0.25, abs=1e-12)
+    # mambaad: every kept threshold has FPR .2 (a vertical curve) -> its max PRO, .75
+    assert aupro(maps, masks) == pytest.approx(0.75, abs=1e-12)
+    got = pixel_metrics(maps, masks, aupro_definition="mvtec")["AUPRO"]
+    assert got == pytest.approx(0.25, abs=1e-12)
+    with pytest.raises(ValueError, match="aupro_definition"):
+        pixel_metrics(maps, masks, aupro_definition="anomalib")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aupro_mvtec_on_a_threshold_grid_approaches_every_threshold(seed):
+    _, _, maps, masks = _class_data(seed, n=10, size=24)
+    exact = aupro_mvtec(maps, masks)
+    assert abs(aupro_mvtec(maps, masks, num_thresholds=20000) - exact) < 1e-3
+    assert aupro_mvtec(masks.astype(float), masks) == pytest.approx(1.0, abs=1e-12)
+    assert pixel_metrics(maps, masks, method="binned", num_bins=20000,
+                         aupro_definition="mvtec")["AUPRO"] == pytest.approx(exact, abs=1e-3)
+
+
 def test_accepts_torch_and_channel_dim():
     scores, labels, maps, masks = _class_data(8)
     ref = compute_metrics(scores, labels, maps, masks)
@@ -139,6 +173,10 @@ def test_aggregate_is_the_mean_over_classes():
         aggregate({})
     with pytest.raises(ValueError, match="different keys"):
         aggregate({"a": {"I-AUROC": 1.0}, "b": {"I-AP": 1.0}})
+    per_class["c1"] = dict(per_class["c1"], AUPRO=float("nan"))
+    assert covered_classes(per_class)["AUPRO"] == ["c0", "c2"]
+    mean = aggregate(per_class)
+    assert mean["AUPRO"] == pytest.approx((per_class["c0"]["AUPRO"] + per_class["c2"]["AUPRO"]) / 2)
 
 
 def test_bad_input_is_named():

@@ -2,12 +2,15 @@
 
     transforms  IMAGENET_MEAN / IMAGENET_STD, normalise / denormalise, image and mask loading
     mvtec       MVTecDataset, list_classes (MVTec AD, VisA converted, BSData, embedded)
+    check       check_dataset: open every image and mask up front, name each bad file;
+                dataset_fingerprint: hash of file names and sizes (resume compares it)
     defects     synthetic defects with exact masks
     embedded    embedded_dataset_root (built once, cached), make_tiny_dataset (for tests)
     download    resumable, checksummed downloads and extraction (used by data_scripts/)
     visa        VisA -> MVTec layout conversion
 """
 
+from mambaadv2_ref.data.check import check_dataset, dataset_fingerprint
 from mambaadv2_ref.data.embedded import embedded_dataset_root, make_tiny_dataset
 from mambaadv2_ref.data.mvtec import MVTecDataset, list_classes
 from mambaadv2_ref.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalise, normalise
@@ -16,6 +19,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MVTecDataset",
+    "check_dataset",
+    "dataset_fingerprint",
     "denormalise",
     "embedded_dataset_root",
     "list_classes",

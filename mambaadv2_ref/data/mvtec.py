@@ -125,6 +125,17 @@ def _index_class(root: Path, cls: str, split: str) -> tuple[Sample, ...]:
     return tuple(samples)
 
 
+def size_mismatch(sample: Sample) -> str | None:
+    """The error text when the mask of `sample` is not the size of its image, else None."""
+    if sample.mask_path is None:
+        return None
+    with Image.open(sample.path) as img, Image.open(sample.mask_path) as m:
+        if img.size == m.size:
+            return None
+        return (f"mask {str(sample.mask_path)!r} is {m.size[0]}x{m.size[1]} but image "
+                f"{str(sample.path)!r} is {img.size[0]}x{img.size[1]}")
+
+
 _INDEX_CACHE: dict[tuple, tuple[Sample, ...]] = {}
 
 
@@ -197,12 +208,9 @@ class MVTecDataset(Dataset):
         if sample.mask_path is None:
             mask = torch.zeros(1, self.image_size, self.image_size)
         else:
-            with Image.open(sample.path) as img, Image.open(sample.mask_path) as m:
-                if img.size != m.size:
-                    raise ValueError(
-                        f"mask {str(sample.mask_path)!r} is {m.size[0]}x{m.size[1]} but image "
-                        f"{str(sample.path)!r} is {img.size[0]}x{img.size[1]}"
-                    )
+            mismatch = size_mismatch(sample)
+            if mismatch:
+                raise ValueError(mismatch)
             mask = load_mask(sample.mask_path, self.image_size)
         return {
             "image": image,

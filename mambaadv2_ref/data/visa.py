@@ -3,8 +3,8 @@
 VisA raw: <raw>/<cls>/Data/Images/{Normal,Anomaly}/*.JPG, <raw>/<cls>/Data/Masks/Anomaly/*.png,
 and split_csv/1cls.csv with columns object, split, label, image, mask (paths relative to raw).
 VisA does not name defect types, so every anomaly goes to test/bad (as spot-diff's own script).
-Images are copied byte for byte; masks (non-binary label values) are binarised at > 0 and saved
-as 0/255 PNG.
+Images are copied byte for byte; masks (non-binary label values) are binarised at > 0 (any
+non-black pixel, as data.transforms.mask_values reads it) and saved as 0/255 PNG.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from mambaadv2_ref.data.transforms import mask_values
 
 COLUMNS = ("object", "split", "label", "image", "mask")
 LABELS = {"normal": "good", "anomaly": "bad"}
@@ -80,7 +82,7 @@ def convert_visa(raw_root: str | Path, out_root: str | Path,
             if not mask_src.is_file():
                 raise ValueError(f"VisA mask {str(mask_src)!r} listed in the split file is missing")
             with Image.open(mask_src) as m:
-                binary = (np.asarray(m.convert("L")) > 0).astype(np.uint8) * 255
+                binary = (mask_values(m, mask_src)[0] > 0).astype(np.uint8) * 255
             mask_dest = out_root / row["object"] / "ground_truth" / "bad" / f"{dest.stem}_mask.png"
             mask_dest.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(binary).save(mask_dest)

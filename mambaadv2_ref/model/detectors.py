@@ -8,13 +8,11 @@ fields of a detector (what `--set` may override).
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import torch
 
 from mambaadv2_ref.checkpoint import load_checkpoint
 from mambaadv2_ref.config import DETECTORS, ModelConfig, preset
-from mambaadv2_ref.config_tools import model_config_diff
+from mambaadv2_ref.config_tools import field_types, model_config_diff
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.model.patchcore import PatchCore, PatchCoreConfig
 
@@ -24,10 +22,10 @@ def _check_name(model: str) -> None:
         raise ValueError(f"model must be one of {list(DETECTORS)}, got {model!r}")
 
 
-def model_config_fields(model: str) -> set[str]:
-    """Names of the config fields of detector `model` (what `--set` may override)."""
+def model_config_fields(model: str) -> dict[str, object]:
+    """{name: type} of the config fields of detector `model` (what `--set` may override)."""
     _check_name(model)
-    return {f.name for f in fields(PatchCoreConfig if model == "patchcore" else ModelConfig)}
+    return field_types(PatchCoreConfig if model == "patchcore" else ModelConfig)
 
 
 def build_detector(model: str, profile: str = "tiny", encoder: str | None = None,

@@ -1,8 +1,10 @@
 """Which scan implementation runs: pure PyTorch ("torch") or mamba-ssm's GPU kernels ("mamba_ssm").
 
-mamba-ssm is imported lazily and inside try/except only: on a CPU-only machine `import mamba_ssm`
-fails with `ModuleNotFoundError: No module named 'selective_scan_cuda'` (its `__init__` imports
-the compiled Mamba-1 extension unconditionally), and the Triton kernels need a CUDA device.
+mamba-ssm is imported lazily and inside try/except only, the package and its version included: on
+a CPU-only machine (or after a failed build) `import mamba_ssm` fails with `ModuleNotFoundError:
+No module named 'selective_scan_cuda'` (its `__init__` imports the compiled Mamba-1 extension
+unconditionally); such a package counts as unavailable, with that reason. The Triton kernels also
+need a CUDA device.
 
 Kernel names:
     mamba_ssm_s6      mamba_ssm.ops.selective_scan_interface.selective_scan_fn (CUDA extension)
@@ -32,6 +34,9 @@ def _load(kernel: str) -> tuple[Callable | None, str]:
     """Import one mamba-ssm kernel; return (function or None, reason)."""
     module_name, attr = _KERNELS[kernel]
     try:
+        # the package first: a kernel module can sit in sys.modules from an earlier import that
+        # failed half-way (mamba_ssm's __init__ raising), and then imports without its package
+        package = importlib.import_module("mamba_ssm")
         module = importlib.import_module(module_name)
         fn = getattr(module, attr)
         if kernel == "mamba_ssm_s6":
@@ -41,7 +46,7 @@ def _load(kernel: str) -> tuple[Callable | None, str]:
                               "extension was not compiled")
     except Exception as err:  # ImportError, or anything a broken install raises at import
         return None, f"{type(err).__name__}: {err}"
-    version = getattr(importlib.import_module("mamba_ssm"), "__version__", "?")
+    version = getattr(package, "__version__", "?")
     return fn, f"mamba_ssm {version} {module_name}.{attr}"
 
 

@@ -18,8 +18,9 @@ at zero), so any value does:
 
 The causal scan runs in pure PyTorch (`ssd.ssd_chunked_core`) or on mamba-ssm's Triton SSD
 kernel. That kernel takes (x, dt, A) and forms Xbar = dt x and a = dt A itself, so a given
-(Xbar, a) goes in as dt = -a, A = -1, x = Xbar / dt (TS.4); dt is kept >= 1e-30 so that a
-zero decay (a = 0: padding) divides nothing by zero, which changes no float32 decay.
+(Xbar, a) goes in as dt = -a, A = -1, x = Xbar / dt (TS.4), in float32 (TF32 dots); dt is
+kept >= 1e-30 so that a zero decay (a = 0: padding) divides nothing by zero, which changes no
+float32 decay.
 
 Glossary (code name -> symbol): xbar (b, L, h, p) -> Xbar (input weighted per step, e.g.
 Delta x, or the trapezoid's scale x); log_a (b, L, h) -> a; B, C (b, L, g, N), g | h -> B_s,
@@ -61,11 +62,13 @@ def ssd_causal_core(xbar, log_a, B, C, chunk_size: int, backend: str = "torch") 
     Implements: (SSD.4); on the kernel through (TS.4).
     """
     if resolve_backend(backend, "mamba_ssm_ssd", xbar, log_a, B, C) == "mamba_ssm":
+        # float32 operands always: with bf16 ones the kernel's gradient of dt, where the x / dt
+        # and dt x factors cancel, was off by 26 % (relative L2, H200, 2026-12-01)
         dt = (-log_a.float()).clamp_min(MIN_KERNEL_STEP)
         minus_one = -torch.ones(log_a.shape[-1], device=log_a.device, dtype=torch.float32)
-        x = (xbar.float() / dt[..., None]).to(xbar.dtype)
-        return kernel("mamba_ssm_ssd")(x, dt, minus_one, B.to(xbar.dtype), C.to(xbar.dtype),
-                                       chunk_size)
+        x = xbar.float() / dt[..., None]
+        y = kernel("mamba_ssm_ssd")(x, dt, minus_one, B.float(), C.float(), chunk_size)
+        return y.to(xbar.dtype)
     return ssd_chunked_core(xbar, log_a, B, C, chunk_size)[0].to(xbar.dtype)
 
 

@@ -64,7 +64,7 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
         raise ValueError(f"ablation must be one of {sorted(ABLATIONS)}, got {name!r}")
     model, overrides, what = ABLATIONS[name]
     cfg = TrainConfig(out=str(out), data=data, model=model, profile=profile, steps=steps,
-                      device=device, model_overrides=dict(overrides), resume=True,
+                      device=device, model_overrides=dict(overrides), resume="auto",
                       **(train_overrides or {}))
     meta = train(cfg)
     metrics = evaluate(out, device=device)

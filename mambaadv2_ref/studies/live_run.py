@@ -60,7 +60,7 @@ def live_run_config(out: str | Path, profile: str, device: str = "auto",
         raise ValueError(f"profile must be one of {sorted(LIVE_STEPS)}, got {profile!r}")
     return TrainConfig(out=str(out), profile=profile, device=device,
                        steps=LIVE_STEPS[profile] if steps is None else steps, log_every=5,
-                       resume=True, batch_size=live_batch_size(profile, device))
+                       resume="auto", batch_size=live_batch_size(profile, device))
 
 
 def live_run(out: str | Path, profile: str, device: str = "auto", fresh: bool = False,

@@ -9,7 +9,8 @@ offline ImageNet weights, through the command line only (each step is one
 DATA is a dataset root, or - for the embedded dataset. STEPS is the number of optimisation steps
 of mambaadv2 and mambaad (the same for both), or "auto": BUDGET_S seconds at the slower model's
 training throughput measured by `bench model` (at least 50). A failing model does not stop the
-others. RUNS_DIR/NAME then holds what `studies.pipeline_results` collects.
+others. Each model is trained afresh (`train --force` replaces a run left in RUNS_DIR/NAME by
+an earlier call). RUNS_DIR/NAME then holds what `studies.pipeline_results` collects.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def run_dataset(name: str, data: str, profile: str, steps: str, runs: Path,
     for model in models:
         run = str(out / model)
         ok = cli("train", *data_args, "--profile", profile, "--model", model, "--encoder",
-                 ENCODER, "--steps", str(n), "--device", device, "--out", run, "--set",
-                 f"num_workers={workers}") == 0 and \
+                 ENCODER, "--steps", str(n), "--device", device, "--out", run, "--force",
+                 "--set", f"num_workers={workers}") == 0 and \
             cli("evaluate", "--run", run, "--device", device) == 0
         if not ok:
             print(f"FAILED: {name} {model}", flush=True)

@@ -22,6 +22,7 @@ from mambaadv2_ref.config import MODELS, PRECISIONS, get_profile
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.runtime import resolve_device, use_bf16
 from mambaadv2_ref.scans import available_backends
+from mambaadv2_ref.scans.common import check_positive_int
 from mambaadv2_ref.studies.results import environment, read_json
 from mambaadv2_ref.timing import (
     peak_memory_bytes,
@@ -51,6 +52,9 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
         dict with model, profile, device, image_size, batch_size, parameters,
         train_images_per_s, infer_images_per_s, peak memory (CUDA bytes, else process max RSS).
     """
+    check_positive_int("iters", iters)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
     device = resolve_device(device)
     bf16 = use_bf16(device, precision)
     prof = get_profile(profile)
@@ -135,7 +139,7 @@ def load_table(path) -> list[dict]:
     combinations keep their reason in `note`."""
     rows = []
     for r in read_json(path)["rows"]:
-        row = {k: r[k] for k in ("model", "backend", "precision")}
+        row = {k: r[k] for k in ("label", "model", "backend", "precision") if k in r}
         if "train_images_per_s" in r:
             row.update(batch=r["batch_size"], train_img_s=r["train_images_per_s"],
                        infer_img_s=r["infer_images_per_s"],

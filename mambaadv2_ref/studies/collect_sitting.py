@@ -1,0 +1,116 @@
+"""Turn the outputs of `gpu_sitting` commands into the committed results files of the book.
+
+    python -m mambaadv2_ref.studies.collect_sitting --speed S1 --train S2 S3 --results book/results
+
+S1: the folder of a `speed` command's outputs (speed_TAG.json, speed_TAG.log, profile_*.txt,
+scaling.json); S2, S3...: folders of `train` commands (train_RUN.json). Writes
+speed_paper_gpu.{json,png}, scaling_paper_gpu.{json,png}, profiles/*.txt and
+training_snapshots_gpu.json (one row per run and command: dataset, model, profile, encoder,
+seed, steps done of the schedule's, device, seconds, the seven metrics and mAD in percent).
+A speed row whose JSON did not come back from the GPU machine (it returns at most 8 files) is
+read from the line the command printed for it, and says so in `source`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.evaluate import METRIC_KEYS
+from mambaadv2_ref.studies.gpu_sitting import SPEED_ROWS
+from mambaadv2_ref.studies.scaling import plot_scaling
+from mambaadv2_ref.studies.speed import plot_speed
+
+PRINTED_ROW = re.compile(r"^(?P<label>.+): train (?P<train>[\d.]+) img/s, infer (?P<infer>[\d.]+)"
+                         r" img/s, peak (?P<peak>[\d.]+) GiB, first step (?P<first>[\d.]+) s$")
+
+
+def printed_rows(log: Path, environment: dict) -> list[dict]:
+    """Speed rows from the lines a `speed` command printed (label, images/s, GiB, seconds)."""
+    rows = []
+    for line in log.read_text().splitlines():
+        m = PRINTED_ROW.match(line.strip())
+        if m and m["label"] in SPEED_ROWS:
+            model, backend, precision, overrides = SPEED_ROWS[m["label"]]
+            rows.append({"label": m["label"], "model": model, "backend": backend,
+                         "precision": precision, "overrides": overrides, "profile": "paper",
+                         "device_name": environment.get("gpu"), "image_size": 256,
+                         "batch_size": 16, "train_images_per_s": float(m["train"]),
+                         "infer_images_per_s": float(m["infer"]),
+                         "train_peak_memory_bytes": int(float(m["peak"]) * 2**30),
+                         "first_step_s": float(m["first"]),
+                         "source": f"printed log {log.name} (1 decimal)"})
+    return rows
+
+
+def collect_speed(folder: Path, results: Path) -> None:
+    """speed_paper_gpu.json/png, scaling_paper_gpu.json/png and the profiler tables."""
+    files = sorted(folder.glob("speed_*.json"))
+    environment = json.loads(files[0].read_text())["environment"] if files else {}
+    rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
+    labels = {r["label"] for r in rows}
+    for log in sorted(folder.glob("speed_*.log")):
+        rows += [r for r in printed_rows(log, environment) if r["label"] not in labels]
+    order = list(SPEED_ROWS)
+    rows.sort(key=lambda r: order.index(r["label"]))
+    write_json(results / "speed_paper_gpu.json", {
+        "environment": environment, "rows": rows,
+        "notes": "One sitting on one H200 (fp32 and bf16, paper profile, batch 16, 256 px, "
+                 "random weights; train = train.train_step). 'before' = the materialised "
+                 "matrix path and the uniform plan, the paper preset until 2026-12-01. The "
+                 "bf16 mamba_ssm rows ran the kernel route on bf16 operands, since changed to "
+                 "float32 operands (its dt gradient was 26 % off in bf16)."})
+    plot_speed([r for r in rows if "train_images_per_s" in r], results / "speed_paper_gpu.png")
+    if (folder / "scaling.json").exists():
+        shutil.copy(folder / "scaling.json", results / "scaling_paper_gpu.json")
+        plot_scaling(json.loads((folder / "scaling.json").read_text())["rows"],
+                     results / "scaling_paper_gpu.png")
+    (results / "profiles").mkdir(exist_ok=True)
+    for f in folder.glob("profile_*.txt"):
+        shutil.copy(f, results / "profiles" / f.name)
+
+
+def training_row(record: dict, command: str) -> dict:
+    """One row of training_snapshots_gpu.json from a train_RUN.json record."""
+    args, train = record["args"], record.get("train") or {}
+    config = record.get("model_config") or {}
+    metrics = (record.get("metrics") or {}).get("mean", {})
+    return {"run": record["name"], "command": command,
+            "dataset": "bsdata" if "--data" in args else "embedded",
+            "model": args[args.index("--model") + 1], "profile": config.get("profile"),
+            "encoder": config.get("encoder"), "seed": train.get("seed"),
+            "steps": record.get("step"), "schedule_steps": train.get("num_steps"),
+            "epochs": None if not train.get("num_steps") else round(
+                record["step"] * train["batch_size"] / train["num_train_images"], 1),
+            "device_name": record["environment"].get("gpu"),
+            "train_s": record.get("train_seconds"),
+            "metrics": {k: None if metrics.get(k) is None else 100 * metrics[k]
+                        for k in METRIC_KEYS},
+            "date": record["environment"].get("date")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--speed", type=Path, help="folder of a speed command's outputs")
+    parser.add_argument("--train", type=Path, nargs="*", default=[],
+                        help="folders of train commands' outputs, in order")
+    parser.add_argument("--results", type=Path, default=Path("book/results"))
+    args = parser.parse_args(argv)
+    if args.speed:
+        collect_speed(args.speed, args.results)
+    rows = [training_row(json.loads(f.read_text()), folder.name)
+            for folder in args.train for f in sorted(folder.glob("train_*.json"))]
+    if rows:
+        write_json(args.results / "training_snapshots_gpu.json", {
+            "rows": rows, "notes": "Snapshots, NOT converged: each command trained from "
+            "scratch (a new machine has no runs), several runs at once on one H200, stopped "
+            "by the 10-minute command limit before the schedule's end."})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
