@@ -122,7 +122,7 @@ CASES = {
     "ch06.ex5": (Lazy(lambda: {"spiral": _hilbert_gap() + 1, "hilbert": _hilbert_gap()}),
                  Lazy(lambda: {"spiral": _hilbert_gap() - 0.5, "hilbert": _hilbert_gap()})),
     "ch07.ex1": ({"causal": 0.0, "two_sided": 0.5}, {"causal": 0.5, "two_sided": 0.5}),
-    "ch07.ex3": (0.25, 0.5),
+    "ch07.ex3": (65 / 256, 66 / 256),
     "ch07.ex4": (None, lambda delta, A: torch.exp(segsum((delta * A).T)).nan_to_num(0)
                  .permute(1, 2, 0)),
     "ch08.ex2": (None, lambda x, grid: torch.fft.irfft2(torch.fft.rfft2(x, norm="ortho"),

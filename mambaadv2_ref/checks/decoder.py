@@ -194,8 +194,9 @@ EXERCISES = {
                          "outputs on one input"),
     "ch07.ex2": Exercise("conceptual", "same receptive field, different cost"),
     "ch07.ex3": Exercise("numeric", "what a window lets the matrix path see", lambda a: (
-        compare_number(a, 0.25, 0.005, "your fraction")), "the chapter's receptive_field with "
-        "path_mode='matrix', matrix_max_tokens=64; count pixels with a gradient above 1e-6"),
+        compare_number(a, 64.5 / 256, 0.5 / 256 + 1e-9, "your fraction")),  # 64 or 65 pixels
+        "the chapter's receptive_field with path_mode='matrix', matrix_max_tokens=64; count "
+        "pixels with a gradient above 1e-6"),
     "ch07.ex4": Exercise("code", "a stable two-sided mask", check_two_sided_mask,
                          "mask[t, s, h] = exp of minus the sum of delta[r, h] * |A[h]| over r "
                          "between s and t, excluding the smaller end; no cumsum differences"),
