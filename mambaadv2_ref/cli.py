@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out (an error when it has no checkpoint)")
     r.add_argument("--force", action="store_true",
                    help="replace the run in --out (deletes its checkpoint, metrics.json, maps/)")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: continue on a longer schedule (--steps/--epochs larger "
+                        "than the steps done); the lr plan is recomputed and recorded")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
                    help="override a training or model config field (repeatable), typed by the "
                         "field: booleans true/false/1/0. A checkpoint is saved every "
@@ -121,7 +124,8 @@ def _train(args) -> None:
     cfg = TrainConfig(out=args.out, data=args.data, model=args.model,
                       profile=args.profile or default_profile_name(), encoder=args.encoder,
                       steps=args.steps, epochs=args.epochs, classes=_classes(args.classes),
-                      device=args.device, resume=args.resume, force=args.force)
+                      device=args.device, resume=args.resume, force=args.force,
+                      extend=args.extend)
     cfg = config_from_sets(cfg, parse_sets(args.sets), model_config_fields(args.model))
     meta = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: one summary line
@@ -169,7 +173,7 @@ COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "bench"
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m mambaadv2_ref` and the `mambaadv2-ref` console script."""
-    from mambaadv2_ref.train import TrainingDiverged, TrainingInterrupted
+    from mambaadv2_ref.run_safety import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:

@@ -9,7 +9,6 @@ minutes, `small` trains on a CPU in tens of minutes, `paper` is the paper's sett
     model            "mambaadv2" (DSS modules of HSS-v2 blocks) or "mambaad" (v1: LSS of SS2D)
     position_aware   Mamba-3 rotary angles + exponential-trapezoidal step (off: Mamba-2 SSD)
     path_mode        "sum" | "gate" | "recurrence" | "matrix": the HSS dual paths
-                     ("attention": softmax attention instead, the scaling baseline only)
     matrix_causal    causal or two-sided decay mask in the matrix path
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
@@ -86,11 +85,9 @@ PROFILES: dict[str, Profile] = {
     "small": Profile("small", image_size=192, batch_size=8, num_steps=1500, model=dict(
         encoder="efficientnet_lite0", dims=(256, 128, 64, 32), depths=(1, 1, 1, 1), d_state=16,
         headdim=32, chunk_size=64, scan_plan="decay_deep", matrix_max_tokens=64)),
-    # GPU: the paper's sizes (book appendix A.1), with MambaADv2's progressive scanning plan
-    # (8, 8, 4, 2 directions, as tiny and small; until 2026-12-01 the paper preset scanned
-    # hilbert x 8 at every stage, the `uniform` plan, which MambaAD v1 keeps). The matrix path
-    # compares the tokens of 256-token windows: global up to 16 x 16, 16 x 16 Hilbert patches
-    # at 32 x 32 and 64 x 64
+    # GPU: the paper's sizes (book appendix A.1), MambaADv2's progressive plan (8, 8, 4, 2
+    # directions, as tiny and small; until 2026-12-01 hilbert x 8 everywhere, v1's `uniform`),
+    # the matrix path on 256-token windows (16 x 16 Hilbert patches at 32 x 32 and 64 x 64)
     "paper": Profile("paper", image_size=256, batch_size=16, num_steps=20000, model=dict(
         encoder="resnet34", dims=(512, 256, 128, 64), depths=(3, 4, 6, 3), d_state=16,
         headdim=32, chunk_size=64, scan_plan="decay_deep", matrix_max_tokens=256)),

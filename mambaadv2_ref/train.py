@@ -3,16 +3,14 @@
 Recipe (book appendix A.1): loss = sum_k 5 MSE(enc_k, dec_k); AdamW (lr 0.005 x batch/16,
 betas 0.9/0.999, wd 1e-4, no weight decay on 1-D parameters and biases); gradient norm clipped at
 5; one x0.1 learning-rate step at 80% of the steps; no augmentation. bf16 autocast on GPUs that
-compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere.
-
-One step is `train_step` (forward, loss, backward, clipping, AdamW): `train` runs it on the data,
-`studies.speed.bench_model` times it on random images.
+compute in bf16 natively (`runtime.use_bf16`, setting `precision`), float32 elsewhere. One
+step is `train_step`: `train` runs it on the data, `studies.speed.bench_model` on random images.
 
 Exact resume: the batch of step t is a pure function of (seed, t) (`sampler.StepBatchSampler`), the
 learning rate a pure function of t (`step_lr`), and the checkpoint holds the weights, the AdamW
 state and the RNG states; so 6 steps straight and 3 + resume 3 give identical weights.
 
-Safety of a run (each case is an error before any work, or a kept checkpoint):
+Safety of a run (`run_safety`; each case is an error before any work, or a kept checkpoint):
 - `out` is checked first: a file, a read-only folder, too little free disk for a checkpoint, an
   existing run without `resume`/`force`, `resume=True` without a checkpoint are errors; `force`
   deletes the old run's checkpoint, metrics.json and maps/ (nothing else) once every check has
@@ -27,19 +25,14 @@ Safety of a run (each case is an error before any work, or a kept checkpoint):
   sizes); resuming on a changed dataset is an error naming what differs.
 
 Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
-with `DistributedSampler`, and logs and checkpoints on rank 0 only.
-
-Glossary: `num_steps` total optimisation steps; `steps_per_epoch` full batches per epoch and
-rank; `lr` base learning rate; `history` logged (step, loss, lr, images/s) records.
+with `DistributedSampler`, and logs and checkpoints on rank 0 only. Glossary: `num_steps` total
+steps; `steps_per_epoch` full batches per epoch and rank; `lr` base learning rate; `history`
+logged (step, loss, lr, images/s) records.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -59,102 +52,18 @@ from mambaadv2_ref.data import (
 )
 from mambaadv2_ref.model.detectors import build_detector
 from mambaadv2_ref.model.loss import reconstruction_loss
+from mambaadv2_ref.recipe import lr_plan, make_optimizer, step_lr
+from mambaadv2_ref.run_safety import (
+    CtrlC,
+    TrainingInterrupted,
+    check_finite_loss,
+    check_free_space,
+    clear_run,
+    prepare_out,
+)
 from mambaadv2_ref.runtime import resolve_device, seed_everything, use_bf16
 from mambaadv2_ref.sampler import StepBatchSampler
 from mambaadv2_ref.train_config import RESUME_KEYS, TrainConfig
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the message names the step and the checkpoint that is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; a checkpoint was saved and the message says how to resume."""
-
-
-RUN_FILES = (MANIFEST, "metrics.json", "maps", "weights-step*.safetensors",
-             "optimizer-step*.safetensors")
-
-
-def run_files(out: Path) -> list[Path]:
-    """The files of a previous run in `out` (checkpoint, metrics.json, maps/)."""
-    return sorted(p for pattern in RUN_FILES for p in Path(out).glob(pattern))
-
-
-def prepare_out(out: str | Path, resume: bool | str, force: bool) -> bool:
-    """Check the run folder before any work (deleting nothing); return whether to resume.
-
-    Args:
-        out: run directory. resume: True, False or "auto" (TrainConfig.resume). force: replace
-            an existing run.
-
-    Raises:
-        ValueError: `out` is a file or not writable, `resume=True` without a checkpoint, an
-            existing run without `resume` or `force`, or `resume` and `force` together.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file; expected a folder for the run")
-    if resume is True and force:
-        raise ValueError("give --resume (continue the run) or --force (replace it), not both")
-    has_checkpoint = (out / MANIFEST).is_file()
-    if resume is True and not has_checkpoint:
-        raise ValueError(f"--resume: no checkpoint in {str(out)!r} ({MANIFEST} is missing); "
-                         "leave out --resume to start a new run there")
-    old = run_files(out) if out.is_dir() else []
-    if not (resume and has_checkpoint) and old and not force:
-        names = ", ".join(p.name for p in old)
-        raise ValueError(f"--out {str(out)!r} already holds a run ({names}); pass --resume "
-                         "to continue it or --force to replace it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out {str(out)!r} is not writable: {err}") from err
-    return bool(resume) and has_checkpoint
-
-
-def clear_run(out: str | Path) -> None:
-    """Delete the files of a previous run in `out` (what `force` replaces; nothing else)."""
-    for path in run_files(Path(out)):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def check_free_space(out: Path, model: torch.nn.Module, with_optimizer: bool) -> None:
-    """Raise ValueError when `out`'s disk cannot hold two checkpoints (a save writes the new
-    files before deleting the old)."""
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    needed = 2 * (weights + (2 * trainable if with_optimizer else 0))
-    free = shutil.disk_usage(out).free
-    if free < needed:
-        raise ValueError(f"--out {str(out)!r}: {free / 2**20:.0f} MiB free on its disk, a "
-                         f"checkpoint needs ~{needed / 2**20:.0f} MiB (two while saving)")
-
-
-class _CtrlC:
-    """While active (main thread only), the first SIGINT asks to stop after the current step;
-    a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested, self._previous = False, None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again quits without it)",
-              flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def steady_images_per_s(history: list[dict]) -> float:
@@ -162,34 +71,6 @@ def steady_images_per_s(history: list[dict]) -> float:
     warm-up) unless it is the only one."""
     steady = history[1:] or history
     return sum(h["images_per_s"] for h in steady) / len(steady)
-
-
-def step_lr(step: int, num_steps: int, lr: float, decay_at: float = 0.8,
-            decay: float = 0.1) -> float:
-    """Learning rate of step `step`: `lr`, times `decay` from `decay_at * num_steps` on.
-
-    Implements: the single x0.1 StepLR decay at 80% of training (book appendix A.1).
-    """
-    return lr * decay if step >= decay_at * num_steps else lr
-
-
-def param_groups(params, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices/kernels, none on 1-D parameters (biases, norms).
-
-    Implements: ADer's `get_optim` grouping (book appendix A.1).
-    """
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float
-                   ) -> torch.optim.AdamW:
-    """AdamW(betas 0.9/0.999, eps 1e-8) over `param_groups` of the trainable parameters."""
-    return torch.optim.AdamW(param_groups(model.parameters(), weight_decay), lr=lr,
-                             betas=(0.9, 0.999), eps=1e-8)
 
 
 def train_step(model, optimizer, images: torch.Tensor, clip_grad: float = 5.0,
@@ -287,6 +168,7 @@ def train(cfg: TrainConfig) -> dict:
     sampler_probe = StepBatchSampler(len(dataset), batch_size, 1, cfg.seed, 0, rank, world_size)
     num_steps = _num_steps(cfg, sampler_probe.steps_per_epoch, profile)
     settings["num_steps"] = num_steps
+    settings["lr_plan"] = lr_plan(num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
     optimizer = make_optimizer(model, lr, cfg.weight_decay)
     start = 0
     if resuming:
@@ -310,7 +192,7 @@ def train(cfg: TrainConfig) -> dict:
     t_run = t_window = t_saved = time.perf_counter()
     saved, logged = (start if resuming else None), start
     window_steps, window_images, loss_sum = 0, 0, torch.zeros((), device=device)
-    with _CtrlC() as ctrl_c:
+    with CtrlC() as ctrl_c:
         for step, batch in zip(range(start, stop), loader, strict=False):
             for group in optimizer.param_groups:
                 group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
@@ -324,7 +206,7 @@ def train(cfg: TrainConfig) -> dict:
             due = ((every and done % every == 0) or done == stop or ctrl_c.requested
                    or (seconds_between and now - t_saved >= seconds_between))
             if done % cfg.log_every == 0 or done == stop or due:
-                _check_finite_loss(loss_sum, logged, done, cfg.out, saved)
+                check_finite_loss(loss_sum, logged, done, cfg.out, saved)
                 logged = done
             if done % cfg.log_every == 0 or done == stop:
                 record = {"step": done, "loss": float(loss_sum) / window_steps,
@@ -354,31 +236,31 @@ def train(cfg: TrainConfig) -> dict:
     return meta
 
 
-def _check_finite_loss(loss_sum: torch.Tensor, since: int, step: int, out: str,
-                       saved: int | None) -> None:
-    """Raise TrainingDiverged when the summed loss of steps since+1..step is NaN/inf."""
-    if bool(torch.isfinite(loss_sum)):
-        return
-    kept = (f"the last good checkpoint (step {saved}) is kept in {Path(out) / MANIFEST}"
-            if saved is not None else "no checkpoint had been saved yet")
-    raise TrainingDiverged(f"the loss became NaN/inf between steps {since + 1} and {step}; "
-                           f"training stopped and {kept}. Lower the learning rate (--set "
-                           "lr=...) or check the data")
-
-
 def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
     """Load model, optimizer and RNG states from `cfg.out`; check the settings still match."""
     ckpt = load_checkpoint(cfg.out, model_name=cfg.model, model_config=meta["model_config"],
                            with_optimizer=True)
-    keys = [k for k in RESUME_KEYS if k in ckpt.meta["train"] or k != "data_fingerprint"]
+    keys = [k for k in RESUME_KEYS if (k in ckpt.meta["train"] or k != "data_fingerprint")
+            and not (cfg.extend and k == "num_steps")]
     stored = {k: ckpt.meta["train"].get(k) for k in keys}  # (older runs have no fingerprint)
     wanted = {k: meta["train"].get(k) for k in keys}
     diff = config_diff(stored, wanted)
     if diff:
         changed = (" (data_fingerprint: the dataset's file names or sizes changed)"
                    if any(d.startswith("data_fingerprint") for d in diff) else "")
+        hint = ("; to continue on a longer schedule add --extend"
+                if any(d.startswith("num_steps") for d in diff) else "")
         raise ValueError(f"cannot resume {cfg.out}: training settings differ{changed}: "
-                         + "; ".join(diff))
+                         + "; ".join(diff) + hint)
+    schedules = ckpt.meta["train"].get("schedules", [])
+    if cfg.extend:
+        new, done = meta["train"]["num_steps"], ckpt.step
+        if new <= done:
+            raise ValueError(f"--extend: the new schedule has {new} steps, not more than the "
+                             f"{done} this run has done; give a larger --steps or --epochs")
+        schedules = [*schedules, {k: ckpt.meta["train"].get(k)
+                                  for k in ("num_steps", "lr_plan")} | {"until_step": done}]
+    meta["train"]["schedules"] = schedules
     model.load_state_dict(ckpt.state)
     if ckpt.optimizer_state is None:
         raise ValueError(f"cannot resume {cfg.out}: the checkpoint has no optimizer state")

@@ -32,6 +32,11 @@ class TrainConfig:
             already holds a run, unless `force`).
         force: with resume False, replace the run in `out` (its checkpoint, metrics.json and
             maps/ are deleted first; other files are left alone).
+        extend: with resume, continue the run on a new, longer schedule (`steps` / `epochs`
+            larger than the steps it has done): the learning-rate plan is recomputed for the
+            new length (MambaAD's x0.1 at 80 % of it; a run extended after its decay goes back
+            to the base rate until the new decay step) and each schedule is recorded in the
+            run's JSON (`train.lr_plan`, `train.schedules`).
         model_overrides: model config fields to override (from `--set`).
         image_size, batch_size, lr: None = the profile's.
         seed: seeds python, numpy, torch and the data order.
@@ -57,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool | str = False
     force: bool = False
+    extend: bool = False
     model_overrides: dict = field(default_factory=dict)
     image_size: int | None = None
     batch_size: int | None = None

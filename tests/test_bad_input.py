@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mambaadv2_ref import run_safety
 from mambaadv2_ref.data import MVTecDataset, check_dataset, dataset_fingerprint
 from mambaadv2_ref.data.transforms import denormalise, load_image, load_mask
 from mambaadv2_ref.evaluate import evaluate
@@ -490,7 +491,7 @@ def test_out_that_is_a_file_read_only_or_full_is_refused_before_training(tmp_pat
         free = 1024  # bytes: a full disk
 
     with monkeypatch.context() as m:
-        m.setattr(train_module.shutil, "disk_usage", lambda path: Usage)
+        m.setattr(run_safety.shutil, "disk_usage", lambda path: Usage)
         m.setattr(train_module, "train_step", lambda *a, **k: pytest.fail("trained"))
         with pytest.raises(ValueError, match="0 MiB free on its disk, a checkpoint needs"):
             train_module.train(_train_cfg(tmp_path / "full", train_data))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mambaadv2_ref.data import MVTecDataset, embedded
+from mambaadv2_ref.data import MVTecDataset, embedded, make_tiny_dataset
 from mambaadv2_ref.data.defects import DEFECT_KINDS, TAU, changed_mask, composite, make_defect
 
 
@@ -100,8 +100,8 @@ def test_damaged_cache_is_rebuilt(tmp_path, small_config):
 
 
 def test_tiny_dataset_is_deterministic(tmp_path):
-    a = embedded.make_tiny_dataset(tmp_path / "a", kinds=("hole", "crack", "foreign_object"))
-    b = embedded.make_tiny_dataset(tmp_path / "b", kinds=("hole", "crack", "foreign_object"))
+    a = make_tiny_dataset(tmp_path / "a", kinds=("hole", "crack", "foreign_object"))
+    b = make_tiny_dataset(tmp_path / "b", kinds=("hole", "crack", "foreign_object"))
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert len(files) == 2 * (4 + 2 + 3 * 2)
     for f in files:

@@ -5,8 +5,9 @@ import torch
 
 from mambaadv2_ref.checkpoint import load_checkpoint
 from mambaadv2_ref.data import make_tiny_dataset
+from mambaadv2_ref.recipe import lr_plan, param_groups, step_lr
 from mambaadv2_ref.sampler import StepBatchSampler
-from mambaadv2_ref.train import param_groups, step_lr, train
+from mambaadv2_ref.train import train
 from mambaadv2_ref.train_config import TrainConfig, config_from_sets
 
 # the tiny profile shrunk further: 64 px, batch 2, random encoder (no weights needed), a narrow
@@ -103,3 +104,29 @@ def test_train_runs_train_step(data, tmp_path, monkeypatch):
                       model_overrides=SMALL_MODEL, **FAST)
     train(cfg)
     assert len(calls) == 2
+
+
+def test_lr_plan_matches_step_lr():
+    plan = lr_plan(10, 1.0)
+    assert plan == [{"from_step": 0, "lr": 1.0}, {"from_step": 8, "lr": pytest.approx(0.1)}]
+    for t in range(10):
+        assert step_lr(t, 10, 1.0) == (plan[1]["lr"] if t >= plan[1]["from_step"] else 1.0)
+
+
+def test_extend_continues_a_finished_run_on_a_longer_schedule(tmp_path, data):
+    cfg = config_from_sets(TrainConfig(out=str(tmp_path / "run"), data=str(data), steps=3,
+                                       device="cpu"), {**FAST, **SMALL_MODEL}, set(SMALL_MODEL))
+    train(cfg)
+    longer = TrainConfig(**{**cfg.__dict__, "steps": 5, "resume": True})
+    with pytest.raises(ValueError, match="num_steps.*add --extend"):
+        train(longer)
+    with pytest.raises(ValueError, match="not more than the 3 this run has done"):
+        train(TrainConfig(**{**longer.__dict__, "steps": 3, "extend": True}))
+    meta = train(TrainConfig(**{**longer.__dict__, "extend": True}))
+    ckpt = load_checkpoint(cfg.out)
+    assert ckpt.step == 5 and meta["train"]["num_steps"] == 5
+    assert meta["train"]["lr_plan"] == lr_plan(5, meta["train"]["lr"])
+    (old,) = meta["train"]["schedules"]
+    assert old["num_steps"] == 3 and old["until_step"] == 3
+    assert old["lr_plan"] == lr_plan(3, meta["train"]["lr"])
+    assert [h["step"] for h in meta["history"]][-1] == 5

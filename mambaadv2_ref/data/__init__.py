@@ -5,14 +5,16 @@
     check       check_dataset: open every image and mask up front, name each bad file;
                 dataset_fingerprint: hash of file names and sizes (resume compares it)
     defects     synthetic defects with exact masks
-    embedded    embedded_dataset_root (built once, cached), make_tiny_dataset (for tests)
+    embedded    embedded_dataset_root (built once, cached)
+    tiny        make_tiny_dataset: procedural textures with exact defects, for fast tests
     download    resumable, checksummed downloads and extraction (used by data_scripts/)
     visa        VisA -> MVTec layout conversion
 """
 
 from mambaadv2_ref.data.check import check_dataset, dataset_fingerprint
-from mambaadv2_ref.data.embedded import embedded_dataset_root, make_tiny_dataset
+from mambaadv2_ref.data.embedded import embedded_dataset_root
 from mambaadv2_ref.data.mvtec import MVTecDataset, list_classes
+from mambaadv2_ref.data.tiny import make_tiny_dataset
 from mambaadv2_ref.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalise, normalise
 
 __all__ = [

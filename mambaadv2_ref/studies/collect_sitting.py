@@ -22,6 +22,7 @@ from pathlib import Path
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.studies.gpu_sitting import SPEED_ROWS
+from mambaadv2_ref.studies.results import read_json
 from mambaadv2_ref.studies.scaling import plot_scaling
 from mambaadv2_ref.studies.speed import plot_speed
 
@@ -91,6 +92,16 @@ def training_row(record: dict, command: str) -> dict:
             "metrics": {k: None if metrics.get(k) is None else 100 * metrics[k]
                         for k in METRIC_KEYS},
             "date": record["environment"].get("date")}
+
+
+def load_table(path) -> list[dict]:
+    """The rows of a committed training_snapshots_gpu.json, flat: run, command, dataset, model,
+    seed, steps, schedule_steps, epochs and the metrics in percent."""
+    rows = []
+    for r in read_json(path)["rows"]:
+        rows.append({k: r[k] for k in ("run", "command", "dataset", "model", "seed", "steps",
+                                       "schedule_steps", "epochs")} | r["metrics"])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,8 +84,9 @@ def profile_row(label: str, out: Path) -> None:
 
     from mambaadv2_ref.config import get_profile
     from mambaadv2_ref.model.factory import build_model
+    from mambaadv2_ref.recipe import make_optimizer
     from mambaadv2_ref.runtime import use_bf16
-    from mambaadv2_ref.train import make_optimizer, train_step
+    from mambaadv2_ref.train import train_step
 
     model, backend, precision, overrides = SPEED_ROWS[label]
     device = torch.device("cuda")

@@ -20,6 +20,7 @@ import torch
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.config import MODELS, PRECISIONS, get_profile
 from mambaadv2_ref.model.factory import build_model
+from mambaadv2_ref.recipe import make_optimizer
 from mambaadv2_ref.runtime import resolve_device, use_bf16
 from mambaadv2_ref.scans import available_backends
 from mambaadv2_ref.scans.common import check_positive_int
@@ -30,7 +31,7 @@ from mambaadv2_ref.timing import (
     seconds_per_call,
     synchronize,
 )
-from mambaadv2_ref.train import make_optimizer, train_step
+from mambaadv2_ref.train import train_step
 from mambaadv2_ref.train_config import TrainConfig
 
 GRID_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # the grid names them explicitly

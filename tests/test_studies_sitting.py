@@ -1,0 +1,37 @@
+"""The GPU-sitting collector: printed speed lines, training rows and loaders (CPU, no GPU)."""
+
+from __future__ import annotations
+
+import json
+
+from mambaadv2_ref.studies import collect_sitting, speed
+
+
+def test_printed_speed_lines_become_rows_and_training_records_become_rows(tmp_path):
+    s1, s2, results = tmp_path / "s1", tmp_path / "s2", tmp_path / "results"
+    for d in (s1, s2, results):
+        d.mkdir()
+    env = {"gpu": "NVIDIA H200", "date": "2026-12-01T00:00:00+00:00"}
+    (s1 / "speed_v1.json").write_text(json.dumps({"environment": env, "rows": [
+        {"label": "v1 mamba_ssm fp32", "model": "mambaad", "backend": "mamba_ssm",
+         "precision": "fp32", "profile": "paper", "batch_size": 16, "device_name": "NVIDIA H200",
+         "train_images_per_s": 100.0, "infer_images_per_s": 300.0,
+         "train_peak_memory_bytes": 2**30, "first_step_s": 1.0}]}))
+    (s1 / "speed_v2.log").write_text(
+        "noise\nv2 scans decay_deep torch fp32: train 47.0 img/s, infer 147.1 img/s, peak 22.3"
+        " GiB, first step 0.4 s\nnot a row: train 1 img/s\n")
+    (s2 / "train_v2_x.json").write_text(json.dumps({
+        "name": "v2_x", "args": ["--data", "d", "--model", "mambaadv2"], "environment": env,
+        "step": 300, "train": {"seed": 0, "num_steps": 800, "batch_size": 16,
+                               "num_train_images": 122}, "train_seconds": 100.0,
+        "model_config": {"profile": "paper", "encoder": "efficientnet_lite0"},
+        "metrics": {"mean": {"I-AUROC": 0.9, "mAD": 0.65}}}))
+    collect_sitting.main(["--speed", str(s1), "--train", str(s2), "--results", str(results)])
+    rows = speed.load_table(results / "speed_paper_gpu.json")
+    assert [r["label"] for r in rows] == ["v2 scans decay_deep torch fp32", "v1 mamba_ssm fp32"]
+    assert rows[0]["train_img_s"] == 47.0 and rows[0]["model"] == "mambaadv2"
+    stored = json.loads((results / "speed_paper_gpu.json").read_text())["rows"]
+    assert stored[0]["source"].startswith("printed log") and "source" not in stored[1]
+    (train,) = collect_sitting.load_table(results / "training_snapshots_gpu.json")
+    assert train["steps"] == 300 and train["schedule_steps"] == 800 and train["dataset"] == "bsdata"
+    assert train["I-AUROC"] == 90.0 and train["AUPRO"] is None and train["epochs"] == 39.3
