@@ -1,7 +1,7 @@
 """Checks of chapters 0, 1 and 11-13: profiles, metrics, training, evaluation and costs.
 
-The model and the training loop are imported inside the checks that use them (they load timm,
-which takes seconds; see checks.decoder).
+The model is imported inside the checks that use it (it loads timm, which takes seconds; see
+checks.decoder).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mambaadv2_ref.checks.harness import (
 from mambaadv2_ref.config import PROFILES, preset, stage_sizes
 from mambaadv2_ref.metrics.curves import ap_from_counts, exact_counts, f1max_threshold
 from mambaadv2_ref.metrics.summary import ALL_KEYS
+from mambaadv2_ref.recipe import param_groups
 
 
 def trainable_count(profile: str = "tiny", **overrides) -> int:
@@ -80,8 +81,6 @@ def _same_groups(student_groups, reference_groups) -> bool:
 
 
 def check_param_groups(answer) -> None:
-    from mambaadv2_ref.train import param_groups
-
     if not callable(answer):
         raise Wrong(f"the answer must be a function, got {type(answer).__name__}")
     frozen = torch.nn.Linear(3, 3)
