@@ -174,9 +174,15 @@ def train(cfg: TrainConfig) -> dict:
     if resuming:
         start, meta = _resume(cfg, model, optimizer, meta)
     train_model = model
-    if world_size > 1:
+    if world_size > 1:  # the fusion's BatchNorm sees the global batch, as in one process
+        synced = device.type == "cuda"  # SyncBatchNorm runs on GPUs only
+        meta["train"]["batch_norm"] = "synchronised" if synced else "per process"
+        if not synced and rank == 0:
+            print("note: on CPUs BatchNorm statistics are per process (SyncBatchNorm needs "
+                  "GPUs), so this run is not the one-process run of the same global batch")
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if synced else model,
+            device_ids=[device.index] if synced else None)
     sampler = StepBatchSampler(len(dataset), batch_size, num_steps, cfg.seed, start, rank,
                                world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
