@@ -207,6 +207,39 @@ def test_hss_windowed_matrix_path_matches_window_loop():
         torch.testing.assert_close(getattr(hss, impl)(xbar, log_a, k, q), expected)
 
 
+@pytest.mark.parametrize("settings", [dict(), dict(position_aware=False),
+                                      dict(matrix_causal=True)],
+                         ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "v2")
+def test_hss_matrix_path_is_the_matrix_form_of_each_window(settings):
+    """Slow twin of the windowed matrix path: each window of the raw inputs is its own sequence,
+    through the materialised Mamba-3 (or SSD) matrix form of scans; nothing crosses a window."""
+    hss = make_hss(path_mode="matrix", matrix_max_tokens=8, **settings)
+    b, L, h, p, N, g = 2, 21, hss.heads, hss.headdim, hss.d_state, hss.ngroups
+    gen = seeded(7)
+    x = torch.randn(b, L, h, p, generator=gen, dtype=torch.float64)
+    delta = torch.rand(b, L, h, generator=gen, dtype=torch.float64) * 0.5
+    A = -torch.exp(hss.A_log)
+    B, C = (torch.randn(b, L, g, N, generator=gen, dtype=torch.float64) for _ in range(2))
+    trap = torch.randn(b, L, h if hss.cfg.position_aware else 0, generator=gen,
+                       dtype=torch.float64)
+    angles = torch.randn(b, L, hss.num_angles, generator=gen, dtype=torch.float64)
+    parts = []
+    for s0 in range(0, L, 8):
+        w = slice(s0, s0 + 8)
+        if hss.cfg.position_aware:
+            parts.append(scans.mamba3_matrix(
+                C[:, w], B[:, w], x[:, w], (delta[:, w] * A).transpose(1, 2),
+                delta[:, w].transpose(1, 2), trap[:, w].transpose(1, 2), hss.C_bias,
+                hss.B_bias, angles[:, w, None].expand(-1, -1, h, -1),
+                causal=hss.cfg.matrix_causal))
+        else:
+            Bh, Ch = B[:, w].repeat_interleave(h // g, 2), C[:, w].repeat_interleave(h // g, 2)
+            parts.append(scans.ssd_matrix(x[:, w], delta[:, w], A, Bh + hss.B_bias,
+                                          Ch + hss.C_bias, causal=hss.cfg.matrix_causal))
+    expected = torch.cat(parts, dim=1)
+    torch.testing.assert_close(hss.dual_paths(x, delta, A, B, C, trap, angles), expected)
+
+
 @pytest.mark.parametrize("settings", [
     dict(), dict(path_mode="matrix"), dict(path_mode="gate"), dict(matrix_causal=True),
     dict(position_aware=False), dict(bc_norm=False, position_aware=False),

@@ -205,10 +205,18 @@ class HSS(nn.Module):
         if self.cfg.path_mode != "recurrence":
             path = (self.matrix_path if self.cfg.matrix_impl == "scan"
                     else self.matrix_path_materialised)
-            shared = causal if fits else None
+            if shifted is not None and not fits:  # each window is its own sequence (6): the
+                # trapezoid term of a window's last token, which belongs to the next token,
+                # leaves the window (DT_{t+1} := 0 there, M3.6)
+                size = self.cfg.matrix_max_tokens
+                ends = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+                ends[size - 1::size] = True
+                cut = (shifted * ends[:, None])[..., None] * x  # (BK, L, h, p)
+                xbar = xbar - cut.to(xbar.dtype)
+                diagonal = diagonal - diagonal_scores(k, q, self.heads)[..., None] * cut
             y_mat = recomputed(self.cfg.checkpoint_matrix and not self.cfg.checkpoint_block,
-                               path, xbar, log_a, k, q, shared) - diagonal  # eq. (6)
-        return self.fuse(y_rec, y_mat)
+                               path, xbar, log_a, k, q, causal if fits else None) - diagonal
+        return self.fuse(y_rec, y_mat)  # eq. (7)
 
     def matrix_path(self, xbar, log_a, k, q, causal=None) -> torch.Tensor:
         """(M o q k^T) xbar in windows of W tokens by two scans per window (TS.1): O(L).
