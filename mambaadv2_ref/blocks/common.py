@@ -25,7 +25,7 @@ class DirectionScanner(nn.Module):
         plan: StagePlan (curve, num_directions).
 
     Implements: the HS encoder / decoder of MambaAD (book appendix A.1.3) through
-    `scanning.scan` / `scanning.unscan` (eqs. 6.1-6.2 of chapter 6).
+    `scanning.scan` / `scanning.unscan` (eqs. (1)-(2) of chapter 6).
     """
 
     def __init__(self, plan: StagePlan):

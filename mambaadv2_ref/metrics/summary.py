@@ -204,6 +204,7 @@ def compute_metrics(scores, labels, maps=None, masks=None, *, cls: str | None = 
     Returns:
         dict I-AUROC, I-AP, I-F1max, P-AUROC, P-AP, P-F1max, AUPRO, mAD (floats in [0, 1]);
         only the first three when maps is None.
+    Implements: the evaluation protocol of chapter 1 (book appendix A.5.2), mAD = their mean.
     """
     if undefined not in ("raise", "mark"):
         raise ValueError(f"undefined must be 'raise' or 'mark', got {undefined!r}")

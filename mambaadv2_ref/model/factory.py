@@ -35,6 +35,8 @@ class ADModel(nn.Module):
 
     Attributes:
         config, encoder (FrozenEncoder), fusion (HalfFPNBottleneck), decoder (Decoder).
+
+    Implements: the whole model of chapter 10 (book appendix A.1.1, with v2's DSS decoder).
     """
 
     def __init__(self, config: ModelConfig):

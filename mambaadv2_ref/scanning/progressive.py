@@ -38,6 +38,8 @@ class StagePlan:
     Args:
         curve: scan curve name, one of curves.CURVES.
         num_directions: K in {1, 2, 4, 8} (see directions.build_orders).
+
+    Implements: one stage's term H_s W_s K_s of the scanning cost (9.1).
     """
 
     curve: str = "hilbert"

@@ -67,7 +67,7 @@ def continuous_impulse_response(A, B, C, t) -> torch.Tensor:
     Returns:
         (T,) float64 response: the kernels of the discrete SSMs approximate dt times it.
 
-    Implements: eq. (ssm-impulse) of chapter 2, the solution of eq. (ssm-continuous) for an impulse.
+    Implements: eq. (2) of chapter 2, the solution of eq. (1) for an impulse.
     """
     A, B, C = (_as_state_vector(v, n) for v, n in ((A, "A"), (B, "B"), (C, "C")))
     if not A.shape == B.shape == C.shape:
@@ -98,7 +98,7 @@ def discretize(rule: str, dt: float, A, B, trap: float = 0.5) -> Discretized:
     Returns:
         Discretized(A_bar, B_bar, B_bar_prev), each (N,).
 
-    Implements: eqs. (disc-zoh), (disc-euler), (disc-bilinear), (disc-mamba1), (disc-exptrap) of
+    Implements: eqs. (3), (4), (5), (6), (7) of
     chapter 2; Mamba-1 eq. (4) and its simplification
     (state-spaces/mamba#114); Mamba-3's exponential-trapezoidal rule (book appendix A.3.3).
     """
@@ -150,7 +150,7 @@ def ssm_recurrent(A_bar, B_bar, C, u, B_bar_prev=None) -> torch.Tensor:
     Returns:
         (..., L) float64 output y_t = Re(C . h_t), with h_{-1} = 0.
 
-    Implements: eq. (ssm-discrete) of chapter 2.
+    Implements: eq. (8) of chapter 2.
     """
     A_bar, B_bar, C, B_bar_prev = _check_system(A_bar, B_bar, C, B_bar_prev)
     u = torch.as_tensor(u, dtype=torch.float64)
@@ -179,7 +179,7 @@ def ssm_kernel(A_bar, B_bar, C, L: int, B_bar_prev=None) -> torch.Tensor:
     Returns:
         (L,) float64 kernel K.
 
-    Implements: eq. (ssm-kernel) of chapter 2.
+    Implements: eq. (9) of chapter 2.
     """
     A_bar, B_bar, C, B_bar_prev = _check_system(A_bar, B_bar, C, B_bar_prev)
     if not isinstance(L, int) or L < 1:
@@ -201,7 +201,7 @@ def ssm_convolve(kernel, u) -> torch.Tensor:
     Returns:
         (..., L) float64 output.
 
-    Implements: eq. (ssm-kernel) of chapter 2 evaluated by the convolution theorem (zero-padded
+    Implements: eq. (9) of chapter 2 evaluated by the convolution theorem (zero-padded
     to 2L, so the circular convolution of the FFT equals the causal one).
     """
     kernel = torch.as_tensor(kernel, dtype=torch.float64)
@@ -227,7 +227,7 @@ def kernel_matrix(kernel) -> torch.Tensor:
     Returns:
         (L, L) float64 matrix.
 
-    Implements: eq. (ssm-matrix) of chapter 2: eq. (ssm-kernel) written as y = M u.
+    Implements: eq. (10) of chapter 2: eq. (9) written as y = M u.
     """
     kernel = torch.as_tensor(kernel, dtype=torch.float64)
     if kernel.ndim != 1:
@@ -255,7 +255,7 @@ def impulse_response(dt: float, A: float, trap: float = 0.5, angle: float = 0.0,
     Returns:
         (length,) float64 kernel K_k, the response to u = (1, 0, 0, ...).
 
-    Implements: eqs. (ssm-kernel) and (disc-exptrap) of chapter 2 with A -> A + i theta
+    Implements: eqs. (9) and (7) of chapter 2 with A -> A + i theta
     (chapter 5's complex state).
     """
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (A, angle)):

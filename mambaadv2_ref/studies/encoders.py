@@ -12,7 +12,7 @@ wide_resnet50_2 need timm's download and are recorded as unavailable when it fai
    hardware and the date, one row per (dataset, encoder).
 
     python -m mambaadv2_ref.studies.encoders --out runs/encoders \
-        --data ../shared/data/bsdata --data embedded --json book/results/encoders_cpu.json
+        --data DATA/bsdata --data embedded --json book/results/encoders_cpu.json
 """
 
 from __future__ import annotations

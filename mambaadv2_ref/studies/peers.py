@@ -14,7 +14,7 @@ For every (dataset, class, encoder) it then
 
 Each peer fits one model per class (its own protocol); BSData has one class.
 
-    python -m mambaadv2_ref.studies.peers --data ../shared/data/bsdata \
+    python -m mambaadv2_ref.studies.peers --data DATA/bsdata \
         --encoders efficientnet_lite0,efficientnet_lite2 --json book/results/peers_bsdata_cpu.json
 """
 
