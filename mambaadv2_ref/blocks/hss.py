@@ -194,7 +194,8 @@ class HSS(nn.Module):
         q, k, xbar = q.to(x.dtype), k.to(x.dtype), xbar.to(x.dtype)  # bf16 under autocast
         diagonal = 0.0  # the trapezoid's previous-step term counted at s = t (M3.6)
         if shifted is not None:
-            diagonal = (diagonal_scores(k, q, self.heads) * shifted)[..., None] * x
+            qk = diagonal_scores(k, q, self.heads)  # (BK, L, h)
+            diagonal = (qk * shifted)[..., None] * x
         fits = x.shape[1] <= self.cfg.matrix_max_tokens
         causal = None
         if self.cfg.path_mode != "matrix" or (fits and self.cfg.matrix_impl == "scan"):
@@ -211,9 +212,9 @@ class HSS(nn.Module):
                 size = self.cfg.matrix_max_tokens
                 ends = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
                 ends[size - 1::size] = True
-                cut = (shifted * ends[:, None])[..., None] * x  # (BK, L, h, p)
-                xbar = xbar - cut.to(xbar.dtype)
-                diagonal = diagonal - diagonal_scores(k, q, self.heads)[..., None] * cut
+                cut = shifted * ends[:, None]  # (BK, L, h)
+                xbar = xbar - (cut[..., None] * x).to(xbar.dtype)
+                diagonal = (qk * (shifted - cut))[..., None] * x
             y_mat = recomputed(self.cfg.checkpoint_matrix and not self.cfg.checkpoint_block,
                                path, xbar, log_a, k, q, causal if fits else None) - diagonal
         return self.fuse(y_rec, y_mat)  # eq. (7)
