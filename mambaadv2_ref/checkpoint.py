@@ -8,6 +8,10 @@ A run directory holds
     weights-step<NNNNNNN>.safetensors     the model's full state dict (frozen encoder included, so
                                     evaluation never needs the pretrained weights again)
     optimizer-step<NNNNNNN>.safetensors   the optimizer's per-parameter tensors (AdamW moments)
+    snapshots/step<NNNNNNN>/        weights kept along the way (`save_snapshot`): each one a run
+                                    directory of its own (manifest + weights, no optimizer), so
+                                    `evaluate --run RUN/snapshots/stepNNNNNNN` scores it and a
+                                    metric-vs-steps curve needs no test-set model selection
 
 `save_checkpoint` writes the tensor files under step-numbered names, then replaces
 `checkpoint.json` in one `os.replace` (temp file in the same directory, fsync, rename, directory
@@ -200,6 +204,51 @@ def save_checkpoint(run_dir, model: torch.nn.Module, optimizer=None, *, step: in
         if stale.name not in keep:  # the previous step's files, or a crashed save's
             stale.unlink(missing_ok=True)
     return run_dir / MANIFEST
+
+
+SNAPSHOTS = "snapshots"
+
+
+def save_snapshot(run_dir) -> Path:
+    """Keep the weights of the checkpoint now in `run_dir` as RUN/snapshots/step<NNNNNNN>.
+
+    The snapshot is a run directory that `load_detector` / `evaluate` read like any other: the
+    manifest with `optimizer` None and only the weights file, hard-linked to the checkpoint's
+    (copied where links are not possible), so it costs no disk until the run moves on. Written
+    atomically (manifest last); an existing snapshot of the same step is left as it is.
+
+    Returns:
+        the snapshot directory.
+    """
+    run_dir = Path(run_dir)
+    meta = _read_manifest(run_dir)
+    snap = run_dir / SNAPSHOTS / f"step{int(meta['step']):07d}"
+    if (snap / MANIFEST).is_file():
+        return snap
+    snap.mkdir(parents=True, exist_ok=True)
+    entry = meta["files"]["weights"]
+    source, target = run_dir / entry["name"], snap / entry["name"]
+    if not target.exists():
+        tmp = snap / f".{entry['name']}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or no hard links: a copy
+            import shutil
+
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    write_json(snap / MANIFEST, {**meta, "optimizer": None, "snapshot_of": str(run_dir),
+                                 "files": {"weights": entry}})
+    return snap
+
+
+def list_snapshots(run_dir) -> list[Path]:
+    """The complete snapshots of `run_dir` (those with a manifest), by step."""
+    folder = Path(run_dir) / SNAPSHOTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step*") if (p / MANIFEST).is_file())
 
 
 def _save_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="continue the run in --out (an error when it has no checkpoint)")
     r.add_argument("--force", action="store_true",
-                   help="replace the run in --out (deletes its checkpoint, metrics.json, maps/)")
+                   help="replace the run in --out (deletes its checkpoint, metrics.json, maps/, "
+                        "snapshots/)")
     p.add_argument("--extend", action="store_true",
                    help="with --resume: continue on a longer schedule (--steps/--epochs larger "
                         "than the steps done); the lr plan is recomputed and recorded")
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a training or model config field (repeatable), typed by the "
                         "field: booleans true/false/1/0. A checkpoint is saved every "
                         "checkpoint_minutes (default 10), every checkpoint_every steps when set, "
-                        "at the end and on Ctrl-C")
+                        "at the end and on Ctrl-C; snapshot_every=N also keeps the weights "
+                        "every N steps in RUN/snapshots/ (evaluate each with --run)")
 
     p = sub.add_parser("evaluate", help="per-class metrics of a trained run",
                        description="Evaluate a run on the test split; writes RUN/metrics.json.")

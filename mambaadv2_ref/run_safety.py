@@ -24,12 +24,12 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; a checkpoint was saved and the message says how to resume."""
 
 
-RUN_FILES = (MANIFEST, "metrics.json", "maps", "weights-step*.safetensors",
+RUN_FILES = (MANIFEST, "metrics.json", "maps", "snapshots", "weights-step*.safetensors",
              "optimizer-step*.safetensors")
 
 
 def run_files(out: Path) -> list[Path]:
-    """The files of a previous run in `out` (checkpoint, metrics.json, maps/)."""
+    """The files of a previous run in `out` (checkpoint, metrics.json, maps/, snapshots/)."""
     return sorted(p for pattern in RUN_FILES for p in Path(out).glob(pattern))
 
 

@@ -13,11 +13,12 @@ state and the RNG states; so 6 steps straight and 3 + resume 3 give identical we
 Safety of a run (`run_safety`; each case is an error before any work, or a kept checkpoint):
 - `out` is checked first: a file, a read-only folder, too little free disk for a checkpoint, an
   existing run without `resume`/`force`, `resume=True` without a checkpoint are errors; `force`
-  deletes the old run's checkpoint, metrics.json and maps/ (nothing else) once every check has
-  passed, just before training starts.
+  deletes the old run's checkpoint, metrics.json, maps/ and snapshots/ (nothing else) once
+  every check has passed, just before training starts.
 - every image and mask is opened up front (`data.check_dataset`), so a bad file is named now.
 - checkpoints are written every `checkpoint_minutes` (10 by default), every `checkpoint_every`
-  steps when given, at the end, and on Ctrl-C (at the end of the step in progress; a second
+  steps when given (and every `snapshot_every` steps, whose weights are also kept in
+  RUN/snapshots/), at the end, and on Ctrl-C (at the end of the step in progress; a second
   Ctrl-C quits at once), then `TrainingInterrupted` says how to resume.
 - a NaN/inf loss stops training (checked at every log record and before every save) with
   `TrainingDiverged`; the last checkpoint written before it is kept untouched.
@@ -41,7 +42,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mambaadv2_ref.checkpoint import MANIFEST, load_checkpoint, save_checkpoint, set_rng_state
+from mambaadv2_ref.checkpoint import (
+    MANIFEST,
+    load_checkpoint,
+    save_checkpoint,
+    save_snapshot,
+    set_rng_state,
+)
 from mambaadv2_ref.config import get_profile, scaled_lr
 from mambaadv2_ref.config_tools import config_diff
 from mambaadv2_ref.data import (
@@ -192,6 +199,7 @@ def train(cfg: TrainConfig) -> dict:
     bf16 = use_bf16(device, cfg.precision)
     meta["train"]["bf16_autocast"] = bf16
     every = cfg.checkpoint_every
+    snapshot_every = cfg.snapshot_every
     seconds_between = 60.0 * cfg.checkpoint_minutes
     model.train()
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc=f"train {cfg.model}")
@@ -209,7 +217,8 @@ def train(cfg: TrainConfig) -> dict:
             done = step + 1
             bar.update(1)
             now = time.perf_counter()
-            due = ((every and done % every == 0) or done == stop or ctrl_c.requested
+            snapshot = bool(snapshot_every) and done % snapshot_every == 0
+            due = ((every and done % every == 0) or snapshot or done == stop or ctrl_c.requested
                    or (seconds_between and now - t_saved >= seconds_between))
             if done % cfg.log_every == 0 or done == stop or due:
                 check_finite_loss(loss_sum, logged, done, cfg.out, saved)
@@ -226,6 +235,8 @@ def train(cfg: TrainConfig) -> dict:
             if rank == 0 and due:
                 meta["train_seconds"] += time.perf_counter() - t_run
                 save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
+                if snapshot:
+                    save_snapshot(cfg.out)
                 t_run = t_saved = time.perf_counter()
                 saved = done
             if ctrl_c.requested:

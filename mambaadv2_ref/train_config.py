@@ -42,6 +42,8 @@ class TrainConfig:
         seed: seeds python, numpy, torch and the data order.
         pretrained: load the encoder's pretrained weights.
         checkpoint_every: also save every N steps (None or 0: no step interval).
+        snapshot_every: also keep the weights every N steps as RUN/snapshots/step<N>
+            (`checkpoint.save_snapshot`; None or 0: none), for a metric-vs-steps curve.
         checkpoint_minutes: save when this many minutes passed since the last save (0: never
             by time); a checkpoint is also written at the end and on Ctrl-C.
         log_every: steps between history records (>= 1).
@@ -70,6 +72,7 @@ class TrainConfig:
     seed: int = 42
     pretrained: bool = True
     checkpoint_every: int | None = None
+    snapshot_every: int | None = None
     checkpoint_minutes: float = 10.0
     log_every: int = 10
     num_workers: int = 0
@@ -93,7 +96,7 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive int (>= 1), got {value}")
-        for key in ("seed", "num_workers", "checkpoint_every"):
+        for key in ("seed", "num_workers", "checkpoint_every", "snapshot_every"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
@@ -116,8 +119,8 @@ class TrainConfig:
 
 
 SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",
-            "checkpoint_minutes", "log_every", "num_workers", "weight_decay", "clip_grad",
-            "lr_decay_at", "lr_decay", "stop_at", "precision")
+            "snapshot_every", "checkpoint_minutes", "log_every", "num_workers", "weight_decay",
+            "clip_grad", "lr_decay_at", "lr_decay", "stop_at", "precision")
 # keys with a flag of their own: `--set` refuses them and names the flag
 FLAGS = {"model": "--model", "profile": "--profile", "encoder": "--encoder", "out": "--out",
          "data": "--data", "steps": "--steps", "epochs": "--epochs", "classes": "--classes",

@@ -527,6 +527,33 @@ def test_checkpoints_by_time_by_default_and_by_steps_when_asked(tmp_path, train_
     assert saved == [1, 2, 3]
 
 
+def test_snapshots_keep_the_weights_of_their_step_and_evaluate_as_runs(tmp_path, train_data):
+    from safetensors.torch import load_file
+
+    from mambaadv2_ref import train as train_module
+    from mambaadv2_ref.checkpoint import MANIFEST, list_snapshots, load_checkpoint
+    from mambaadv2_ref.evaluate import evaluate
+
+    run = tmp_path / "run"
+    train_module.train(_train_cfg(run, train_data, steps=4, snapshot_every=2))
+    snaps = list_snapshots(run)
+    assert [p.name for p in snaps] == ["step0000002", "step0000004"]
+    last = load_checkpoint(run)
+    at4 = load_checkpoint(snaps[1])
+    assert at4.step == 4 and at4.meta["optimizer"] is None and at4.optimizer_state is None
+    assert all(torch.equal(last.state[k], at4.state[k]) for k in last.state)
+    at2 = load_checkpoint(snaps[0])
+    changed = [k for k in last.state if not torch.equal(last.state[k], at2.state[k])]
+    assert at2.step == 2 and changed  # the weights of step 2, not a copy of the last ones
+    # the run moved on (the checkpoint of step 2 is gone), the snapshot's file is still whole
+    assert not (run / at2.meta["files"]["weights"]["name"]).exists()
+    load_file(str(snaps[0] / at2.meta["files"]["weights"]["name"]))
+    metrics = evaluate(snaps[0], device="cpu")
+    assert metrics["run"]["step"] == 2 and (snaps[0] / "metrics.json").is_file()
+    train_module.train(_train_cfg(run, train_data, steps=2, force=True))
+    assert list_snapshots(run) == [] and (run / MANIFEST).is_file()  # --force clears them
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, train_data, monkeypatch):
     import os
     import signal

@@ -35,3 +35,26 @@ def test_printed_speed_lines_become_rows_and_training_records_become_rows(tmp_pa
     (train,) = collect_sitting.load_table(results / "training_snapshots_gpu.json")
     assert train["steps"] == 300 and train["schedule_steps"] == 800 and train["dataset"] == "bsdata"
     assert train["I-AUROC"] == 90.0 and train["AUPRO"] is None and train["epochs"] == 39.3
+
+
+def test_sitting_trains_resumes_and_scores_the_snapshots_along_the_way(tmp_path, monkeypatch):
+    """`gpu_sitting train` on the CPU: two commands of one run (the second resumes it), each
+    snapshot evaluated into the run record's metric-vs-steps curve."""
+    from mambaadv2_ref.data import make_tiny_dataset
+    from mambaadv2_ref.studies.gpu_sitting import train_runs
+
+    data = make_tiny_dataset(tmp_path / "data", image_size=64, num_train=4)
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", str(data), "--profile", "tiny", "--device", "cpu", "--set",
+            "image_size=64", "--set", "batch_size=2", "--set", "pretrained=false", "--set",
+            "dims=(16, 8, 8, 8)", "--set", "headdim=8", "--set", "d_state=4", "--set",
+            "num_directions=2", "--set", "snapshot_every=2", "--steps", "4"]
+    first = [{"name": "r", "args": [*args, "--set", "stop_at=2"]}]
+    train_runs(tmp_path / "out1", 300, first)
+    rec = json.loads((tmp_path / "out1" / "train_r.json").read_text())
+    assert rec["step"] == 2 and [p["step"] for p in rec["curve"]] == [2]
+    train_runs(tmp_path / "out2", 300, [{"name": "r", "args": args}])
+    rec = json.loads((tmp_path / "out2" / "train_r.json").read_text())
+    assert rec["step"] == 4 and rec["metrics"]["run"]["step"] == 4  # resumed (else refused)
+    assert [p["step"] for p in rec["curve"]] == [2, 4]
+    assert set(rec["curve"][1]["mean"]) >= {"I-AUROC", "P-AUROC", "AUPRO"}

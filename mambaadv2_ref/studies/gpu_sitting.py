@@ -10,8 +10,9 @@ are recorded as `first_step_s`), profiles the rows of PROFILED among them, and w
 (run after mamba-ssm's CUDA scan is built) the decoder scaling study while time is left;
 everything lands in OUT/speed_TAG.json, OUT/profile_*.txt and OUT/scaling.json as measured.
 `train` starts every run of a JSON list at once (one subprocess each, `--resume`, a
-checkpoint every `checkpoint_every` steps), stops them at the deadline with SIGINT and then
-SIGKILL, and evaluates each run's latest checkpoint into RUN/metrics.json and
+checkpoint every `checkpoint_every` steps), evaluates their snapshots while they train (the
+metric-vs-steps curve), stops them at the deadline with SIGINT and then SIGKILL, and evaluates
+each run's latest checkpoint into RUN/metrics.json and
 OUT/train_RUNNAME.json (step, metrics, history), so that the next command resumes where this
 one stopped.
 """
@@ -161,10 +162,77 @@ def scaling(out: Path, deadline: float) -> None:
             print(rows[-1], flush=True)
 
 
-def train_runs(out: Path, seconds: float, runs: list[dict]) -> None:
-    """Start every run (dict: name, args = `train` CLI arguments), stop them at the deadline,
-    evaluate each latest checkpoint. Runs live in runs/sitting/NAME (kept between commands)."""
+class SnapshotEvaluator:
+    """Evaluates the runs' snapshots (RUN/snapshots/stepN, `train --set snapshot_every=N`) in
+    subprocesses (`workers` at a time) while the runs train, oldest step first, so that a
+    metric-vs-steps curve costs no extra command."""
+
+    def __init__(self, root: Path, names: list[str], out: Path, workers: int = 1) -> None:
+        self.root, self.names, self.out, self.workers = root, names, out, workers
+        self.running: dict[Path, tuple[subprocess.Popen, object]] = {}
+        self.failed: set[Path] = set()
+
+    def pending(self) -> list[Path]:
+        """Snapshots without metrics.json, not being nor failed evaluated, by step then run."""
+        from mambaadv2_ref.checkpoint import list_snapshots
+
+        todo = [snap for name in self.names for snap in list_snapshots(self.root / name)
+                if not (snap / "metrics.json").exists() and snap not in self.failed
+                and snap not in self.running]
+        return sorted(todo, key=lambda p: (p.name, p.parent.parent.name))
+
+    def poll(self) -> None:
+        """Reap finished evaluations, start pending ones up to `workers`."""
+        for snap, (proc, log) in list(self.running.items()):
+            if proc.poll() is not None:
+                if proc.returncode != 0:
+                    self.failed.add(snap)
+                log.close()
+                del self.running[snap]
+        for snap in self.pending()[:max(0, self.workers - len(self.running))]:
+            log = open(self.out / "log_snapshots.txt", "a")  # noqa: SIM115 (closed in poll)
+            self.running[snap] = (subprocess.Popen(
+                [sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run", str(snap),
+                 "--batch-size", "16"], stdout=log, stderr=subprocess.STDOUT), log)
+
+    def drain(self, deadline: float) -> None:
+        """Evaluate the snapshots still pending until `deadline` (time.monotonic)."""
+        while time.monotonic() < deadline and (self.running or self.pending()):
+            self.poll()
+            time.sleep(1)
+        self.stop(timeout=0.0)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Wait (at most `timeout` seconds) for the evaluations in progress, then kill them."""
+        end = time.monotonic() + timeout
+        for proc, log in self.running.values():
+            try:
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        self.running.clear()
+
+
+def snapshot_curve(run_dir: Path) -> list[dict]:
+    """[{step, mean metrics}] of the run's evaluated snapshots: the metric-vs-steps curve."""
+    from mambaadv2_ref.checkpoint import list_snapshots
+
+    curve = []
+    for snap in list_snapshots(run_dir):
+        if (snap / "metrics.json").exists():
+            metrics = json.loads((snap / "metrics.json").read_text())
+            curve.append({"step": metrics["run"]["step"], "mean": metrics["mean"]})
+    return curve
+
+
+def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1) -> None:
+    """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
+    while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
+    checkpoint. Runs live in runs/sitting/NAME (kept between commands)."""
     deadline = time.monotonic() + seconds
+    out.mkdir(parents=True, exist_ok=True)
     root = Path("runs/sitting")
     procs = {}
     for run in runs:
@@ -176,9 +244,12 @@ def train_runs(out: Path, seconds: float, runs: list[dict]) -> None:
         procs[run["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True), log)
     eval_reserve = 60  # the evaluations run at once at the end
+    snapshots = SnapshotEvaluator(root, [run["name"] for run in runs], out, eval_workers)
     while time.monotonic() < deadline - eval_reserve and any(
             p.poll() is None for p, _ in procs.values()):
+        snapshots.poll()
         time.sleep(5)
+    snapshots.stop()
     for p, _ in procs.values():
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGINT)
@@ -198,10 +269,10 @@ def train_runs(out: Path, seconds: float, runs: list[dict]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             print(f"evaluation of {name} did not finish in the time box", flush=True)
+    snapshots.drain(deadline - 5)
     for run in runs:
         run_dir = root / run["name"]
-        record = {"name": run["name"], "args": run["args"],
-                  "environment": environment(torch.device("cuda"))}
+        record = {"name": run["name"], "args": run["args"], "environment": environment()}
         if (run_dir / MANIFEST).exists():
             manifest = json.loads((run_dir / MANIFEST).read_text())
             record.update({k: manifest.get(k) for k in ("step", "history", "train",
@@ -210,6 +281,7 @@ def train_runs(out: Path, seconds: float, runs: list[dict]) -> None:
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 if metrics.get("run", {}).get("step") == record["step"]:  # not stale
                     record["metrics"] = metrics
+            record["curve"] = snapshot_curve(run_dir)
         write_json(out / f"train_{run['name']}.json", record)
 
 
@@ -220,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--runs", help="train: JSON file, a list of {name, args}")
+    parser.add_argument("--eval-workers", type=int, default=1,
+                        help="train: snapshot evaluations at once")
     parser.add_argument("--prefix", default="", help="speed: rows whose label starts so")
     parser.add_argument("--tag", default="all", help="speed: OUT/speed_TAG.json")
     args = parser.parse_args(argv)
@@ -230,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.runs:
             parser.error("train needs --runs")
-        train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()))
+        train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()),
+                   args.eval_workers)
     return 0
 
 
