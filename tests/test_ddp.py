@@ -1,9 +1,11 @@
 """Data-parallel training is one-process training on the same global batch (2 processes, gloo,
-CPU): the same weights after a few steps, and the ranks' batches partition the global one.
+CPU): the same gradients after DDP's all-reduce, the same weights after a few steps, and the
+ranks' batches partition the global one.
 
-The fusion's BatchNorm is put in eval mode here: on CPUs its statistics cannot be synchronised
-(SyncBatchNorm needs GPUs; `train` converts to it when data-parallel on GPUs), and everything
-else of a step (DDP's gradient averaging, clipping, AdamW) is what is compared.
+The fusion's BatchNorm is put in eval mode in the one-process comparisons: on CPUs its statistics
+cannot be synchronised (SyncBatchNorm needs GPUs; `train` converts to it when data-parallel on
+GPUs), and everything else of a step (DDP's gradient averaging, clipping, AdamW) is what is
+compared.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mambaadv2_ref.model.factory import build_model
+from mambaadv2_ref.model.loss import reconstruction_loss
 from mambaadv2_ref.recipe import make_optimizer
 from mambaadv2_ref.sampler import StepBatchSampler
 from mambaadv2_ref.train import train_step
@@ -23,7 +27,20 @@ from mambaadv2_ref.train import train_step
 STEPS, GLOBAL_BATCH = 3, 4
 
 
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 now (all bound at once, then closed)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _model_and_batches():
+    """The float64 tiny model (seeded) and STEPS global batches (GLOBAL_BATCH, 3, 64, 64)."""
     torch.manual_seed(0)
     net = build_model("mambaadv2", profile="tiny", pretrained=False, drop_path=0.0,
                       image_size=64).double()
@@ -32,46 +49,80 @@ def _model_and_batches():
     return net, images
 
 
-def _train(net, images, rank: int, world_size: int):
+def _gradients(model, net, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The loss gradient of every trainable parameter of `net` on `images`, by name (after DDP's
+    all-reduce when `model` is the DDP wrapper of `net`)."""
+    enc, dec = model(images)
+    net.zero_grad(set_to_none=True)
+    reconstruction_loss(enc, dec).backward()
+    return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+
+
+def _train(rank: int, world_size: int) -> dict:
+    """This rank's share of every global batch: the first batch's gradients, then STEPS
+    `train_step`s; returns {"grads": {name: tensor}, "weights": [one tensor per parameter]}."""
+    net, images = _model_and_batches()
     net.train()
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
     model = net if world_size == 1 else torch.nn.parallel.DistributedDataParallel(net)
+    grads = _gradients(model, net, images[0, rank::world_size])
     optimizer = make_optimizer(net, 1e-3, 1e-4)
     for step in range(STEPS):
         train_step(model, optimizer, images[step, rank::world_size])
-    return [p.detach().clone() for p in net.parameters()]
+    return {"grads": grads, "weights": [p.detach().clone() for p in net.parameters()]}
 
 
 def _rank(rank: int, port: int, out: str) -> None:
+    """Process `rank` of 2: `_train` in a gloo group, its result saved to `out` + rank."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        net, images = _model_and_batches()
-        weights = _train(net, images, rank, 2)
-        if rank == 0:
-            torch.save(weights, out)
+        torch.save(_train(rank, 2), f"{out}{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_rank, args=(port, out), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
-    single = _train(*_model_and_batches(), rank=0, world_size=1)
+@pytest.fixture(scope="module")
+def ddp_and_single(tmp_path_factory):
+    """(results of rank 0 and rank 1 of the 2-process run, result of the 1-process run)."""
+    out = str(tmp_path_factory.mktemp("ddp") / "rank")
+    mp.spawn(_rank, args=(_free_ports(1)[0], out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}{r}", weights_only=True) for r in (0, 1)]
+    return ranks, _train(rank=0, world_size=1)
+
+
+def test_ddp_gradients_are_the_one_process_gradients_of_the_global_batch(ddp_and_single):
+    ranks, single = ddp_and_single
+    grads = single["grads"]
+    assert sum(bool(g.abs().sum() > 0) for g in grads.values()) > len(grads) // 2
+    for result in ranks:  # every rank holds the mean over the global batch after all-reduce
+        assert result["grads"].keys() == grads.keys()
+        for name, g in grads.items():
+            msg = f"{name}: {{}}".format
+            if name.endswith("filter_grid"):
+                # the FFT path runs in float32 by design (`blocks.freq_conv.fft_filter`): its
+                # filter's gradient sums the batch in float32; measured 4e-8 x its largest entry
+                torch.testing.assert_close(result["grads"][name], g, rtol=1e-5,
+                                           atol=1e-6 * float(g.abs().max()), msg=msg)
+            else:  # float64: the two half-batch means are added in another order than one mean
+                torch.testing.assert_close(result["grads"][name], g, rtol=1e-9, atol=1e-15,
+                                           msg=msg)
+
+
+def test_two_process_ddp_equals_one_process_on_the_global_batch(ddp_and_single):
+    ranks, single = ddp_and_single
     initial = [p.detach() for p in _model_and_batches()[0].parameters()]
-    assert len(ddp) == len(single) == len(initial)
-    for a, b in zip(ddp, single, strict=True):
-        # float64; AdamW divides by sqrt(v): where a gradient is ~0, DDP's reassociated sums
-        # (~1e-16) move a weight by up to ~1e-6 (measured), a thousandth of an lr-1e-3 step
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
-    moved = sum(not torch.equal(a, p0) for a, p0 in zip(ddp, initial, strict=True))
+    for result in ranks:
+        assert len(result["weights"]) == len(single["weights"]) == len(initial)
+        for a, b in zip(result["weights"], single["weights"], strict=True):
+            # float64; AdamW divides by sqrt(v): where a gradient is ~0, DDP's reassociated sums
+            # (~1e-16) move a weight by up to ~1e-6 (measured), a thousandth of an lr-1e-3 step
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    moved = sum(not torch.equal(a, p0) for a, p0 in zip(ranks[0]["weights"], initial,
+                                                        strict=True))
     assert moved > len(initial) // 2  # the steps trained the decoder (the encoder is frozen)
 
 
