@@ -26,9 +26,13 @@ Safety of a run (`run_safety`; each case is an error before any work, or a kept 
   sizes); resuming on a changed dataset is an error naming what differs.
 
 Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
-with `DistributedSampler`, and logs and checkpoints on rank 0 only. Glossary: `num_steps` total
-steps; `steps_per_epoch` full batches per epoch and rank; `lr` base learning rate; `history`
-logged (step, loss, lr, images/s) records.
+with `DistributedSampler`, and logs and checkpoints on rank 0 only. A resume continues exactly on
+every rank (tests/test_ddp.py): each rank reads rank 0's checkpoint from `out` (a folder all ranks
+see) and restores its weights, AdamW state and RNG states (the ranks' RNG states are equal anyway:
+same seed, same draws), and its sampler restarts at the checkpoint's step.
+
+Glossary: `num_steps` total steps; `steps_per_epoch` full batches per epoch and rank; `lr` base
+learning rate; `history` logged (step, loss, lr, images/s) records.
 """
 
 from __future__ import annotations

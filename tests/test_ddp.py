@@ -1,6 +1,6 @@
 """Data-parallel training is one-process training on the same global batch (2 processes, gloo,
-CPU): the same gradients after DDP's all-reduce, the same weights after a few steps, and the
-ranks' batches partition the global one.
+CPU): the same gradients after DDP's all-reduce, the same weights after a few steps, the ranks'
+batches partition the global one, and a resumed 2-process `train` run continues exactly.
 
 The fusion's BatchNorm is put in eval mode in the one-process comparisons: on CPUs its statistics
 cannot be synchronised (SyncBatchNorm needs GPUs; `train` converts to it when data-parallel on
@@ -10,21 +10,32 @@ compared.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mambaadv2_ref import train as train_module
+from mambaadv2_ref.checkpoint import load_checkpoint
+from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.model.loss import reconstruction_loss
 from mambaadv2_ref.recipe import make_optimizer
 from mambaadv2_ref.sampler import StepBatchSampler
-from mambaadv2_ref.train import train_step
+from mambaadv2_ref.train import train, train_step
+from mambaadv2_ref.train_config import TrainConfig
 
 STEPS, GLOBAL_BATCH = 3, 4
+# the tiny profile shrunk further (as TRAIN_FAST / TRAIN_SMALL in test_bad_input.py)
+TRAIN_FAST = {"image_size": 64, "batch_size": 2, "pretrained": False, "log_every": 1,
+              "checkpoint_minutes": 0.0}
+TRAIN_SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
 
 
 def _free_ports(count: int) -> list[int]:
@@ -131,3 +142,65 @@ def test_rank_batches_partition_the_global_batch():
     ranks = [list(StepBatchSampler(20, 2, 6, seed=3, rank=r, world_size=2)) for r in (0, 1)]
     for t in range(6):
         assert sorted(ranks[0][t] + ranks[1][t]) == sorted(single[t])
+
+
+RESUME_STEPS = 6  # 8 images, 2 ranks x batch 2: 2 steps per epoch; the split is mid-epoch 1
+
+
+def _digest(model) -> str:
+    """SHA-256 of the trainable parameters' bytes (the frozen encoder never changes; BatchNorm
+    statistics are per process on CPUs, so buffers are left out)."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        if p.requires_grad:
+            h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _train_runs(rank: int, ports: list[int], runs: list[dict], out: str) -> None:
+    """Process `rank` of 2: `train(TrainConfig(**run))` for each run in turn, each with its own
+    gloo group (`train` creates it from the torchrun variables set here and destroys it). The
+    digest of this rank's weights after every step is written to `out` + rank (JSON, per run)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    digests, step = [], train_module.train_step
+
+    def recorded_step(model, optimizer, *args):
+        loss = step(model, optimizer, *args)
+        digests[-1].append(_digest(model))
+        return loss
+
+    train_module.train_step = recorded_step
+    for port, run in zip(ports, runs, strict=True):
+        os.environ["MASTER_PORT"] = str(port)
+        digests.append([])
+        train(TrainConfig(**run))
+    Path(f"{out}{rank}").write_text(json.dumps(digests))
+
+
+def test_resumed_two_process_run_continues_exactly(tmp_path):
+    data = make_tiny_dataset(tmp_path / "data", image_size=64, num_train=4)  # 2 classes
+    base = {"data": str(data), "steps": RESUME_STEPS, "device": "cpu", "profile": "tiny",
+            **TRAIN_FAST, "model_overrides": dict(TRAIN_SMALL)}
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    runs = [{**base, "out": straight}, {**base, "out": split, "stop_at": RESUME_STEPS // 2},
+            {**base, "out": split, "resume": True}]
+    out = str(tmp_path / "digests")
+    mp.spawn(_train_runs, args=(_free_ports(3), runs, out), nprocs=2, join=True)
+    ranks = [json.loads(Path(f"{out}{r}").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the replicas stay identical, through the resume too
+    whole, first, rest = ranks[0]
+    assert len(whole) == RESUME_STEPS and len(set(whole)) == RESUME_STEPS  # every step trains
+    assert first + rest == whole  # the resumed run's steps are the straight run's, bit for bit
+    a = load_checkpoint(straight, with_optimizer=True)
+    b = load_checkpoint(split, with_optimizer=True)
+    assert a.step == b.step == RESUME_STEPS and a.meta["train"]["world_size"] == 2
+    assert a.state.keys() == b.state.keys()
+    for k in a.state:  # rank 0's saved state, BatchNorm statistics included
+        assert torch.equal(a.state[k], b.state[k]), k
+    for sa, sb in zip(a.optimizer_state["state"].values(), b.optimizer_state["state"].values(),
+                      strict=True):
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    logged = [[(h["step"], h["loss"], h["lr"]) for h in m.meta["history"]] for m in (a, b)]
+    assert logged[0] == logged[1] and [s for s, _, _ in logged[0]] == list(range(1, 7))
