@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "field: booleans true/false/1/0. A checkpoint is saved every "
                         "checkpoint_minutes (default 10), every checkpoint_every steps when set, "
                         "at the end and on Ctrl-C; snapshot_every=N also keeps the weights "
-                        "every N steps in RUN/snapshots/ (evaluate each with --run)")
+                        "every N steps in RUN/snapshots/ (evaluate each with --run); "
+                        "balance_classes=true gives every batch and every rank's shard each "
+                        "class in proportion to its share")
 
     p = sub.add_parser("evaluate", help="per-class metrics of a trained run",
                        description="Evaluate a run on the test split; writes RUN/metrics.json.")

@@ -26,10 +26,11 @@ Safety of a run (`run_safety`; each case is an error before any work, or a kept 
   sizes); resuming on a changed dataset is an error naming what differs.
 
 Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
-with `DistributedSampler`, and logs and checkpoints on rank 0 only. A resume continues exactly on
-every rank (tests/test_ddp.py): each rank reads rank 0's checkpoint from `out` (a folder all ranks
-see) and restores its weights, AdamW state and RNG states (the ranks' RNG states are equal anyway:
-same seed, same draws), and its sampler restarts at the checkpoint's step.
+with `DistributedSampler` (or class-balanced: setting `balance_classes`), and logs and checkpoints
+on rank 0 only. A resume continues exactly on every rank (tests/test_ddp.py): each rank reads rank
+0's checkpoint from `out` (a folder all ranks see) and restores its weights, AdamW state and RNG
+states (the ranks' RNG states are equal anyway: same seed, same draws), and its sampler restarts
+at the checkpoint's step.
 
 Glossary: `num_steps` total steps; `steps_per_epoch` full batches per epoch and rank; `lr` base
 learning rate; `history` logged (step, loss, lr, images/s) records.
@@ -74,7 +75,7 @@ from mambaadv2_ref.run_safety import (
 )
 from mambaadv2_ref.runtime import resolve_device, seed_everything, use_bf16
 from mambaadv2_ref.sampler import StepBatchSampler
-from mambaadv2_ref.train_config import RESUME_KEYS, TrainConfig
+from mambaadv2_ref.train_config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 
 
 def steady_images_per_s(history: list[dict]) -> float:
@@ -162,7 +163,8 @@ def train(cfg: TrainConfig) -> dict:
                 "image_size": image_size, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
                 "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad,
                 "lr_decay_at": cfg.lr_decay_at, "lr_decay": cfg.lr_decay,
-                "world_size": world_size, "num_train_images": len(dataset)}
+                "world_size": world_size, "num_train_images": len(dataset),
+                "balance_classes": cfg.balance_classes}
     meta = {"model": cfg.model, "model_config": model.config.to_dict(),
             "profile": profile.to_dict(), "train": settings, "history": [],
             "train_seconds": 0.0, "device": str(device)}
@@ -194,8 +196,9 @@ def train(cfg: TrainConfig) -> dict:
         train_model = torch.nn.parallel.DistributedDataParallel(
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if synced else model,
             device_ids=[device.index] if synced else None)
+    labels = [s.cls for s in dataset.samples] if cfg.balance_classes else None
     sampler = StepBatchSampler(len(dataset), batch_size, num_steps, cfg.seed, start, rank,
-                               world_size)
+                               world_size, labels=labels)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))
@@ -263,7 +266,8 @@ def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
                            with_optimizer=True)
     keys = [k for k in RESUME_KEYS if (k in ckpt.meta["train"] or k != "data_fingerprint")
             and not (cfg.extend and k == "num_steps")]
-    stored = {k: ckpt.meta["train"].get(k) for k in keys}  # (older runs have no fingerprint)
+    # (older runs have no fingerprint, and no key added since: RESUME_DEFAULTS)
+    stored = {k: ckpt.meta["train"].get(k, RESUME_DEFAULTS.get(k)) for k in keys}
     wanted = {k: meta["train"].get(k) for k in keys}
     diff = config_diff(stored, wanted)
     if diff:

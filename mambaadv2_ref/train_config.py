@@ -51,6 +51,12 @@ class TrainConfig:
         weight_decay, clip_grad, lr_decay_at, lr_decay: the optimiser recipe (book appendix A.1).
         stop_at: stop after this many steps as if interrupted (time-boxed runs, resume tests).
         precision: "auto" (bf16 autocast on GPUs with native bf16, else float32), "bf16", "fp32".
+        balance_classes: the class-balanced data order (`sampler.StepBatchSampler` given every
+            image's class): each epoch, every global batch and every rank's shard holds each
+            class in proportion to its share of the training images, within one image. False,
+            the default, keeps the shuffled order earlier runs used, so their results stay the
+            same and their checkpoints resume (a checkpoint without the key is a False run); a
+            resume cannot change it, since it changes which images every step sees.
     """
 
     out: str
@@ -82,6 +88,7 @@ class TrainConfig:
     lr_decay: float = 0.1
     stop_at: int | None = None
     precision: str = "auto"
+    balance_classes: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,14 +127,17 @@ class TrainConfig:
 
 SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",
             "snapshot_every", "checkpoint_minutes", "log_every", "num_workers", "weight_decay",
-            "clip_grad", "lr_decay_at", "lr_decay", "stop_at", "precision")
+            "clip_grad", "lr_decay_at", "lr_decay", "stop_at", "precision", "balance_classes")
 # keys with a flag of their own: `--set` refuses them and names the flag
 FLAGS = {"model": "--model", "profile": "--profile", "encoder": "--encoder", "out": "--out",
          "data": "--data", "steps": "--steps", "epochs": "--epochs", "classes": "--classes",
          "device": "--device", "resume": "--resume", "force": "--force"}
 # settings that must not change when a run is resumed
 RESUME_KEYS = ("data", "data_fingerprint", "classes", "image_size", "batch_size", "lr", "seed",
-               "num_steps", "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size")
+               "num_steps", "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size",
+               "balance_classes")
+# the value a checkpoint written before a resume key existed had for it
+RESUME_DEFAULTS = {"balance_classes": False}
 
 
 def _refuse_flag_keys(sets: dict) -> None:

@@ -179,10 +179,11 @@ def _train_runs(rank: int, ports: list[int], runs: list[dict], out: str) -> None
     Path(f"{out}{rank}").write_text(json.dumps(digests))
 
 
-def test_resumed_two_process_run_continues_exactly(tmp_path):
+@pytest.mark.parametrize("balance_classes", [False, True])
+def test_resumed_two_process_run_continues_exactly(tmp_path, balance_classes):
     data = make_tiny_dataset(tmp_path / "data", image_size=64, num_train=4)  # 2 classes
     base = {"data": str(data), "steps": RESUME_STEPS, "device": "cpu", "profile": "tiny",
-            **TRAIN_FAST, "model_overrides": dict(TRAIN_SMALL)}
+            **TRAIN_FAST, "model_overrides": dict(TRAIN_SMALL), "balance_classes": balance_classes}
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     runs = [{**base, "out": straight}, {**base, "out": split, "stop_at": RESUME_STEPS // 2},
             {**base, "out": split, "resume": True}]
@@ -196,6 +197,7 @@ def test_resumed_two_process_run_continues_exactly(tmp_path):
     a = load_checkpoint(straight, with_optimizer=True)
     b = load_checkpoint(split, with_optimizer=True)
     assert a.step == b.step == RESUME_STEPS and a.meta["train"]["world_size"] == 2
+    assert a.meta["train"]["balance_classes"] is balance_classes
     assert a.state.keys() == b.state.keys()
     for k in a.state:  # rank 0's saved state, BatchNorm statistics included
         assert torch.equal(a.state[k], b.state[k]), k

@@ -130,3 +130,39 @@ def test_extend_continues_a_finished_run_on_a_longer_schedule(tmp_path, data):
     assert old["num_steps"] == 3 and old["until_step"] == 3
     assert old["lr_plan"] == lr_plan(3, meta["train"]["lr"])
     assert [h["step"] for h in meta["history"]][-1] == 5
+
+
+def test_balance_classes_reaches_the_sampler_and_a_resume_keeps_it(tmp_path, data, monkeypatch):
+    """`--set balance_classes=true` gives the sampler every image's class; a resume cannot change
+    it, and a checkpoint written before the setting existed is a run without it."""
+    import json
+
+    from mambaadv2_ref import train as train_module
+    from mambaadv2_ref.data import MVTecDataset
+
+    seen = []
+
+    class Recording(train_module.StepBatchSampler):
+        def __init__(self, *args, labels=None, **kwargs):
+            seen.append(labels)
+            super().__init__(*args, labels=labels, **kwargs)
+
+    monkeypatch.setattr(train_module, "StepBatchSampler", Recording)
+    cfg = config_from_sets(TrainConfig(out=str(tmp_path / "run"), data=str(data), steps=3,
+                                       device="cpu", stop_at=1),
+                           {**FAST, **SMALL_MODEL, "balance_classes": "true"}, set(SMALL_MODEL))
+    assert train(cfg)["train"]["balance_classes"] is True
+    classes = [s.cls for s in MVTecDataset(data, split="train", image_size=64).samples]
+    assert seen[-1] == classes and len(set(classes)) == 2
+    resume = TrainConfig(**{**cfg.__dict__, "stop_at": 2, "resume": True})
+    with pytest.raises(ValueError, match="balance_classes: True -> False"):
+        train(TrainConfig(**{**resume.__dict__, "balance_classes": False}))
+    assert train(resume)["step"] == 2
+    manifest = tmp_path / "run" / "checkpoint.json"
+    meta = json.loads(manifest.read_text())
+    del meta["train"]["balance_classes"]  # as written before the setting existed
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="balance_classes: False -> True"):
+        train(TrainConfig(**{**resume.__dict__, "stop_at": None}))
+    last = train(TrainConfig(**{**resume.__dict__, "stop_at": None, "balance_classes": False}))
+    assert last["step"] == 3 and seen[-1] is None
