@@ -35,6 +35,7 @@ def class_batch_counts(class_sizes: Sequence[int], global_batch: int,
     G - sum_c floor(G p_c) images left in every batch go one each to classes that are due,
     earliest deadline first: class c's j-th extra image may come in batch t once j <= ceil(t f_c)
     and must come by the first t with floor(t f_c) >= j (f_c = G p_c - floor(G p_c)).
+    tests/test_sampler.py checks both bounds exactly on random datasets.
 
     Args:
         class_sizes: n_c, the images of each class (n = their sum).
@@ -98,8 +99,9 @@ def _move_one(x: np.ndarray, totals: np.ndarray, c: int, hi: int, lo: int) -> No
     Walks an alternating trail: from class c along an image of rank hi (batch t), back along an
     image of rank lo in the same batch (class d), and on from d, until a class d that rank lo
     holds more of than rank hi (totals (W, K)); then the walked images swap ranks. Every batch
-    on the trail gives one image each way; c loses one to lo, d gains one back. Such a trail
-    exists because every batch holds as many images of hi as of lo.
+    on the trail swaps one image each way; class c moves one image from hi to lo, class d one
+    from lo to hi, the classes between none. The walk cannot get stuck: every batch holds as
+    many images of hi as of lo, and every class it passes holds at least as many of hi.
     """
     left_hi, left_lo = x[:, hi].copy(), x[:, lo].copy()  # (T, K) images not walked yet
     v = c
@@ -164,7 +166,8 @@ class StepBatchSampler:
             self.class_items = list(classes.values())
 
     def epoch_order(self, epoch: int) -> list[int]:
-        """This rank's item indices of epoch `epoch`, steps_per_epoch x batch_size of them."""
+        """This rank's item indices of epoch `epoch`, batch after batch (at least
+        steps_per_epoch x batch_size of them; the shuffled order holds the whole shard)."""
         if self.class_items is None:
             self.sampler.set_epoch(epoch)
             return list(self.sampler)
