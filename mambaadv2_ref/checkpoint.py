@@ -13,6 +13,9 @@ A run directory holds
                                     `evaluate --run RUN/snapshots/stepNNNNNNN` scores it and a
                                     metric-vs-steps curve needs no test-set model selection
 
+To ship a trained detector, `model.export.export_detector` writes one compact file from a run
+directory: the weights without the optimizer and without a pretrained frozen encoder.
+
 `save_checkpoint` writes the tensor files under step-numbered names, then replaces
 `checkpoint.json` in one `os.replace` (temp file in the same directory, fsync, rename, directory
 fsync), and only then deletes the files of the previous step. A crash at any moment therefore
