@@ -13,6 +13,9 @@ A run directory holds
                                     `evaluate --run RUN/snapshots/stepNNNNNNN` scores it and a
                                     metric-vs-steps curve needs no test-set model selection
 
+To ship a trained detector, `model.export.export_detector` writes one compact file from a run
+directory: the weights without the optimizer and without a pretrained frozen encoder.
+
 `save_checkpoint` writes the tensor files under step-numbered names, then replaces
 `checkpoint.json` in one `os.replace` (temp file in the same directory, fsync, rename, directory
 fsync), and only then deletes the files of the previous step. A crash at any moment therefore
@@ -101,7 +104,8 @@ def write_json(path: Path, obj) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of the bytes of file `path`, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -196,7 +200,7 @@ def save_checkpoint(run_dir, model: torch.nn.Module, optimizer=None, *, step: in
                                            tensors)
     manifest = {**meta, "format": FORMAT_VERSION, "step": int(step), "rng": rng_state(),
                 "optimizer": optim_meta,
-                "files": {k: {"name": p.name, "sha256": _sha256(p)} for k, p in files.items()}}
+                "files": {k: {"name": p.name, "sha256": file_sha256(p)} for k, p in files.items()}}
     write_json(run_dir / MANIFEST, manifest)
     keep = {p.name for p in files.values()}
     for stale in [*run_dir.glob("weights-step*.safetensors"),
@@ -314,7 +318,7 @@ def _load_tensors(run_dir: Path, entry: dict) -> dict[str, torch.Tensor]:
     path = run_dir / entry["name"]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} named in {MANIFEST} is missing")
-    if _sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise ValueError(f"checkpoint file {path} does not match the SHA-256 in {MANIFEST} "
                          "(corrupted or overwritten)")
     return load_file(str(path))

@@ -1,7 +1,9 @@
-"""Command line: `python -m mambaadv2_ref {train,evaluate,predict,bench}` (also `mambaadv2-ref`).
+"""Command line: `python -m mambaadv2_ref {train,evaluate,predict,export,bench}` (also
+`mambaadv2-ref`).
 
 Each subcommand parses its arguments here and calls one function of the package:
-train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict, bench scan ->
+train -> train.train, evaluate -> evaluate.evaluate, predict -> predict.predict, export ->
+model.export.export_detector, bench scan ->
 studies.scan_bench.run_scan_bench, bench model -> studies.speed.bench_model. Errors that come
 from bad input (ValueError, TypeError, FileNotFoundError, unavailable pretrained weights) are
 printed as one clean message with exit status 2, and so is a training stopped by a NaN loss
@@ -40,7 +42,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all subcommands."""
     parser = argparse.ArgumentParser(
-        prog="mambaadv2-ref", description="MambaADv2 reference: train, evaluate, predict, bench.")
+        prog="mambaadv2-ref",
+        description="MambaADv2 reference: train, evaluate, predict, export, bench.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a detector (one model on all classes)",
@@ -77,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="per-class metrics of a trained run",
                        description="Evaluate a run on the test split; writes RUN/metrics.json.")
-    p.add_argument("--run", required=True, help="run directory (holds checkpoint.json)")
+    p.add_argument("--run", required=True,
+                   help="run directory (holds checkpoint.json) or an exported FILE.safetensors "
+                        "(then writes FILE.metrics.json and FILE.maps/)")
     p.add_argument("--data", default=None, help="dataset root (default: the one trained on)")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: trained)")
     p.add_argument("--device", default="auto")
@@ -94,12 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="anomaly heatmaps and scores for image files",
                        description="Score images with a trained run; writes overlays and "
                                    "scores.csv.")
-    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--run", required=True,
+                   help="run directory or an exported FILE.safetensors (its thresholds: "
+                        "FILE.metrics.json)")
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--class", dest="cls", default=None,
                    help="class whose evaluation threshold decides is_anomalous")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser(
+        "export", help="a compact trained-detector file to share (no frozen encoder, no optimizer)",
+        description="Write FILE.safetensors with the trained tensors only (the frozen encoder's "
+                    "entries are left out when they are the pretrained weights installed here: "
+                    "loading rebuilds the encoder and checks its SHA-256 fingerprint) and the "
+                    "manifest FILE.json (model, config, step, training settings, history, "
+                    "fingerprints); copies RUN/metrics.json to FILE.metrics.json when it is of "
+                    "the same step. `evaluate --run FILE.safetensors`, `predict --run ...` and "
+                    "load_detector read it.")
+    p.add_argument("--run", required=True, help="run directory (or RUN/snapshots/stepNNNNNNN)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write (FILE.json too)")
 
     p = sub.add_parser("bench", help="benchmarks (scan kernels, whole model)",
                        description="Benchmarks; results are printed and saved as JSON.")
@@ -151,6 +170,17 @@ def _predict(args) -> None:
     predict(args.run, args.images, args.out, cls=args.cls, device=args.device)
 
 
+def _export(args) -> None:
+    from mambaadv2_ref.model.export import export_detector, sidecar_path
+
+    path = export_detector(args.run, args.out)
+    meta = json.loads(sidecar_path(path).read_text())
+    encoder = meta["encoder"]
+    print(f"exported {meta['model']} (step {meta['step']}) to {path} "
+          f"({path.stat().st_size / 1e6:.2f} MB) and {sidecar_path(path)}; encoder "
+          f"{encoder['name']}: {encoder['why']}; {meta['evaluation']}")
+
+
 def _bench(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.target == "scan":
@@ -172,7 +202,8 @@ def _bench(args) -> None:
     print(f"saved {args.out}")
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "bench": _bench}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+            "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

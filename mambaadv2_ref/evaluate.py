@@ -2,7 +2,8 @@
 
 `evaluate` first opens every test image and mask (data.check_dataset: a bad file is named before
 any work), then runs `anomaly_map` over each class's test split, computes the seven metrics and
-mAD (mambaadv2_ref.metrics), prints a per-class table and writes RUN_DIR/metrics.json:
+mAD (mambaadv2_ref.metrics), prints a per-class table and writes RUN_DIR/metrics.json (for an
+exported detector FILE.safetensors: FILE.metrics.json, and FILE.maps/ below; model.export):
 
     {"classes": {cls: {"I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO",
                        "mAD"}},          null where undefined for the class (see "undefined")
@@ -46,6 +47,7 @@ from mambaadv2_ref.metrics import (
     undefined_metrics,
 )
 from mambaadv2_ref.model.detectors import load_detector
+from mambaadv2_ref.model.export import run_output
 from mambaadv2_ref.runtime import resolve_device
 from mambaadv2_ref.timing import synchronize
 
@@ -149,7 +151,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
     """Evaluate the run in `run_dir` on the test split of each class; write metrics.json.
 
     Args:
-        run_dir: run directory holding checkpoint.json.
+        run_dir: run directory holding checkpoint.json, or an exported FILE.safetensors.
         data: dataset root; None = the one the run was trained on.
         classes: classes to evaluate; None = the trained ones.
         device: "auto", "cpu" or "cuda[:N]".
@@ -190,8 +192,8 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
     classes = classes or settings["classes"]
     check_dataset(root, classes, splits=("test",))
     if save_maps:
-        (run_dir / "maps").mkdir(exist_ok=True)
-        remove_stale_temps(run_dir / "maps")
+        run_output(run_dir, "maps").mkdir(exist_ok=True)
+        remove_stale_temps(run_output(run_dir, "maps"))
     per_class, undefined, thresholds, ranges, images, seconds = {}, {}, {}, {}, 0, 0.0
     for cls in classes:
         dataset = MVTecDataset(root, classes=[cls], split="test",
@@ -210,7 +212,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         images += len(dataset)
         seconds += res["seconds"]
         if save_maps:
-            save_npz_atomic(run_dir / "maps" / f"{cls}.npz",
+            save_npz_atomic(run_output(run_dir, "maps") / f"{cls}.npz",
                             **{k: res[k] for k in ("scores", "labels", "maps", "masks", "paths")})
     mean = {k: float(v) for k, v in aggregate(per_class).items() if k in METRIC_KEYS}
     result = {"classes": {c: _finite_or_none(m) for c, m in per_class.items()},
@@ -229,5 +231,5 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
               "the means leave it out for those metrics")
     print(f"AUPRO: {aupro_definition} definition ({AUPRO_DEFINITIONS[aupro_definition]})")
     print(f"{images} test images, {images / seconds:.1f} images/s on {device}")
-    write_json(run_dir / "metrics.json", result)
+    write_json(run_output(run_dir, "metrics.json"), result)
     return result

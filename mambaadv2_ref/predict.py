@@ -10,7 +10,8 @@ removed first. A file that cannot be read is skipped and named (at once, and in 
 NaN/inf anomaly map stops with an error naming the image.
 
 Threshold: the F1-optimal image threshold that `evaluate` stored in RUN_DIR/metrics.json for the
-chosen class (`cls`), or for the run's only evaluated class; refused when metrics.json was
+chosen class (`cls`), or for the run's only evaluated class (for an exported detector
+FILE.safetensors: FILE.metrics.json, see model.export); refused when metrics.json was
 computed at another training step than the checkpoint's. Colour scale: every overlay uses ONE
 scale, the [min, max] of the class's test maps stored by `evaluate` (all classes' when no class
 is chosen), else the [min, max] over this call's maps (then the overlays are drawn after all
@@ -33,6 +34,7 @@ from mambaadv2_ref.data.mvtec import IMAGE_EXTENSIONS
 from mambaadv2_ref.data.transforms import denormalise, load_image
 from mambaadv2_ref.evaluate import check_finite_maps, remove_stale_temps
 from mambaadv2_ref.model.detectors import load_detector
+from mambaadv2_ref.model.export import run_output
 from mambaadv2_ref.overlay import plot_heatmap_overlay
 from mambaadv2_ref.runtime import resolve_device
 
@@ -55,8 +57,9 @@ def list_images(images) -> list[Path]:
 
 
 def _evaluation(run_dir: Path, step: int | None) -> dict:
-    """RUN_DIR/metrics.json ({} when absent); an evaluation of another step is an error."""
-    path = Path(run_dir) / "metrics.json"
+    """RUN_DIR/metrics.json or FILE.metrics.json ({} when absent); an evaluation of another step
+    is an error."""
+    path = run_output(run_dir, "metrics.json")
     if not path.exists():
         return {}
     metrics = json.loads(path.read_text())
@@ -72,7 +75,8 @@ def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None
     """(class, threshold, note) from RUN_DIR/metrics.json; threshold None when unavailable.
 
     Args:
-        run_dir: run directory. cls: class whose threshold to use (None: the only one).
+        run_dir: run directory or exported file.
+        cls: class whose threshold to use (None: the only one).
         step: the checkpoint's step; a metrics.json of another step is refused.
 
     Returns:
@@ -94,7 +98,7 @@ def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None
     if thresholds:
         why = f"the run was evaluated on several classes {sorted(thresholds)}: pass --class"
     else:
-        why = f"{Path(run_dir) / 'metrics.json'} has no threshold: run evaluate first"
+        why = f"{run_output(run_dir, 'metrics.json')} has no threshold: run evaluate first"
     return None, None, f"NO THRESHOLD ({why}); scores only, no normal/anomalous decision"
 
 
@@ -125,7 +129,7 @@ def predict(run_dir, images, out, cls: str | None = None, device="auto") -> list
     """Score image files with the detector of `run_dir`; write overlays and scores.csv to `out`.
 
     Args:
-        run_dir: trained run directory.
+        run_dir: trained run directory, or an exported FILE.safetensors.
         images: an image file or a folder of images.
         out: output folder (created).
         cls: class whose stored threshold decides is_anomalous (default: the only class).

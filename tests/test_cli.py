@@ -25,8 +25,8 @@ def data(tmp_path_factory):
     return make_tiny_dataset(tmp_path_factory.mktemp("data"), image_size=64, num_train=4)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["bench"],
-                                     ["bench", "scan"], ["bench", "model"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["export"],
+                                     ["bench"], ["bench", "scan"], ["bench", "model"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -39,7 +39,7 @@ def test_python_dash_m_entry_point(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("mambaadv2_ref", run_name="__main__")
     assert exit_info.value.code == 0
-    assert "{train,evaluate,predict,bench}" in capsys.readouterr().out
+    assert "{train,evaluate,predict,export,bench}" in capsys.readouterr().out
 
 
 def _check_metrics(run):

@@ -7,6 +7,7 @@
     loss         5 x MSE summed over scales
     factory      ADModel, build_model, model_summary
     detectors    build_detector / load_detector by name (mambaadv2, mambaad, patchcore)
+    export       compact trained-detector files (no frozen encoder, no optimizer) to ship
     patchcore    the PatchCore-style baseline
 
 The model config and the profile table live in `mambaadv2_ref.config`.

@@ -1,9 +1,10 @@
 """The three detectors by name: build one, or rebuild one from a checkpoint.
 
 `build_detector` builds mambaadv2 / mambaad (`build_model`) or PatchCore by name;
-`load_detector` rebuilds one from a run directory's manifest (the encoder weights come from the
-checkpoint, never downloaded again) and loads its state; `model_config_fields` lists the config
-fields of a detector (what `--set` may override).
+`rebuild_detector` builds the one a manifest describes; `load_detector` rebuilds one from a run
+directory's manifest (the encoder weights come from the checkpoint, never downloaded again) and
+loads its state, or reads an exported detector file (`model.export`); `model_config_fields`
+lists the config fields of a detector (what `--set` may override).
 """
 
 from __future__ import annotations
@@ -49,15 +50,20 @@ def build_detector(model: str, profile: str = "tiny", encoder: str | None = None
     return PatchCore(PatchCoreConfig.from_dict(values), pretrained=pretrained)
 
 
-def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the detector saved in `run_dir` and load its weights (frozen encoder included).
+def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
+    """Build the (untrained) detector a manifest describes and check its config is the stored one.
 
-    Returns:
-        (model in eval mode on `device`, the manifest).
+    Args:
+        meta: a manifest holding "model" (one of DETECTORS) and "model_config" (a run's
+            checkpoint.json, or an exported detector's sidecar).
+        pretrained: load the encoder's pretrained weights (False: random, to be overwritten).
+        source: the run directory or file the manifest came from (named in errors).
+
+    Raises:
+        ValueError: the rebuilt config differs from the stored one (the differences listed).
     """
-    ckpt = load_checkpoint(run_dir)
-    stored = dict(ckpt.meta["model_config"])
-    name = ckpt.meta["model"]
+    stored = dict(meta["model_config"])
+    name = meta["model"]
     if name == "patchcore":
         fixed = {}
         rest = stored
@@ -66,14 +72,38 @@ def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
         stored.pop("model", None)
         rest = {k: v for k, v in stored.items() if k != "pretrained"}
     model = build_detector(name, profile=fixed.get("profile", "tiny"),
-                           encoder=fixed.get("encoder"), pretrained=False, overrides=rest)
-    diff = [d for d in model_config_diff(ckpt.meta["model_config"], model.config.to_dict())
+                           encoder=fixed.get("encoder"), pretrained=pretrained, overrides=rest)
+    diff = [d for d in model_config_diff(meta["model_config"], model.config.to_dict())
             if not d.startswith("pretrained:")]
     if diff:
-        raise ValueError(f"the model rebuilt from {run_dir} differs from its stored config: "
+        raise ValueError(f"the model rebuilt from {source} differs from its stored config: "
                          + "; ".join(diff))
+    return model
+
+
+def load_detector(run_dir, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a trained detector: from a run directory, or from an exported .safetensors file.
+
+    A run directory's checkpoint holds the whole state dict (frozen encoder included, so nothing
+    is downloaded); an exported file (`model.export`) is handed to `export.load_exported`, which
+    rebuilds the pretrained encoder and checks its fingerprint.
+
+    Args:
+        run_dir: run directory holding checkpoint.json, or an exported FILE.safetensors.
+        device: where the model goes.
+
+    Returns:
+        (model in eval mode on `device`, the manifest).
+    """
+    from mambaadv2_ref.model import export
+
+    if export.is_exported(run_dir):
+        return export.load_exported(run_dir, device=device)
+    ckpt = load_checkpoint(run_dir)
+    model = rebuild_detector(ckpt.meta, pretrained=False, source=run_dir)
     try:
         model.load_state_dict(ckpt.state)
     except RuntimeError as err:
-        raise ValueError(f"weights in {run_dir} do not fit model {name!r}: {err}") from err
+        raise ValueError(f"weights in {run_dir} do not fit model {ckpt.meta['model']!r}: "
+                         f"{err}") from err
     return model.to(device).eval(), ckpt.meta

@@ -1,0 +1,242 @@
+"""Exported detectors (model.export): small files, the same detector as the run, clear errors.
+
+A minuscule mambaadv2 run (2 steps, 64 px, a small decoder) trains with the real pretrained
+efficientnet_lite0 weights (the offline package is installed), so the encoder is dropped from
+the export and rebuilt on loading; "other weights installed" is simulated by pointing the
+encoder at a copy of the offline .pth with one value changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import mambaadv2_ref.model.encoder as encoder_module
+from mambaadv2_ref.checkpoint import file_sha256, save_checkpoint
+from mambaadv2_ref.cli import main
+from mambaadv2_ref.data import make_tiny_dataset
+from mambaadv2_ref.model import export
+from mambaadv2_ref.model.detectors import build_detector, load_detector
+from mambaadv2_ref.model.encoder import offline_weights_path
+from mambaadv2_ref.model.export import (
+    export_detector,
+    load_exported,
+    read_exported,
+    sidecar_path,
+)
+from mambaadv2_ref.train import train
+from mambaadv2_ref.train_config import TrainConfig
+
+SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
+FAST = {"image_size": 64, "batch_size": 2, "log_every": 1, "checkpoint_minutes": 0.0,
+        "steps": 2, "device": "cpu", "profile": "tiny", "pretrained": True}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"), image_size=64, num_train=4)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    """A 2-step mambaadv2 run with the pretrained encoder."""
+    out = tmp_path_factory.mktemp("runs") / "v2"
+    train(TrainConfig(out=str(out), data=str(data), model_overrides=dict(SMALL), **FAST))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    return export_detector(run, tmp_path_factory.mktemp("exported") / "v2.safetensors")
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """A copy of the offline lite0 .pth with one value changed ("other weights installed")."""
+    tensors = torch.load(offline_weights_path("efficientnet_lite0"), map_location="cpu",
+                         weights_only=True)
+    first = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[first] = tensors[first].clone(memory_format=torch.contiguous_format)
+    tensors[first].view(-1)[0] += 1e-3
+    path = tmp_path_factory.mktemp("weights") / "other_lite0.pth"
+    torch.save(tensors, path)
+    return str(path)
+
+
+def _images(size: int = 64) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _same_outputs(a, b, size: int = 64) -> bool:
+    """torch.equal of the anomaly maps and image scores of two detectors on fixed images."""
+    (ma, sa), (mb, sb) = a.anomaly_map(_images(size)), b.anomaly_map(_images(size))
+    return torch.equal(ma, mb) and torch.equal(sa, sb)
+
+
+def _copy_pair(path, folder):
+    """Copy FILE.safetensors and FILE.json into `folder`; returns the copied tensor file."""
+    shutil.copy(path, folder / path.name)
+    shutil.copy(sidecar_path(path), sidecar_path(folder / path.name))
+    return folder / path.name
+
+
+def test_export_keeps_only_the_trained_tensors_and_is_small(run, exported):
+    weights = next(run.glob("weights-step*.safetensors"))
+    state = load_file(str(weights))
+    tensors = load_file(str(exported))
+    assert set(tensors) == {k for k in state if not k.startswith("encoder.")}
+    assert all(torch.equal(tensors[k], state[k]) for k in tensors)
+    assert exported.stat().st_size * 10 < weights.stat().st_size
+    assert not list(exported.parent.glob("*optimizer*"))
+    meta = json.loads(sidecar_path(exported).read_text())
+    checkpoint = json.loads((run / "checkpoint.json").read_text())
+    for key in ("model", "model_config", "profile", "step", "train", "history"):
+        assert meta[key] == checkpoint[key], key
+    assert meta["encoder"]["dropped"] and meta["encoder"]["name"] == "efficientnet_lite0"
+    assert meta["tensors"]["sha256"] == file_sha256(exported)
+
+
+def test_exported_detector_gives_exactly_the_runs_maps(run, exported):
+    reference, _ = load_detector(run)
+    model, meta = load_exported(exported)
+    assert not model.training and meta["step"] == 2
+    assert _same_outputs(model, reference)
+    via_load_detector, _ = load_detector(exported)  # the one path of evaluate and predict
+    assert _same_outputs(via_load_detector, reference)
+
+
+def test_tampered_or_partial_tensor_file_is_refused(exported, tmp_path):
+    path = _copy_pair(exported, tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"does not match the SHA-256 .*corrupt or modified"):
+        load_exported(path)
+    path.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(ValueError, match=r"bytes but v2\.json records .*partial"):
+        load_exported(path)
+
+
+def test_other_encoder_weights_installed_are_refused(exported, other_weights, monkeypatch):
+    monkeypatch.setattr(encoder_module, "offline_weights_path", lambda name: other_weights)
+    with pytest.raises(ValueError) as err:
+        load_exported(exported)
+    message = str(err.value)
+    assert str(exported) in message and "is not the one this detector was trained with" in message
+    assert "same tensor names, dtypes and shapes with other values" in message
+
+
+def test_a_run_whose_encoder_is_not_the_installed_one_keeps_it(run, other_weights,
+                                                               monkeypatch, tmp_path):
+    monkeypatch.setattr(encoder_module, "offline_weights_path", lambda name: other_weights)
+    path = export_detector(run, tmp_path / "kept.safetensors")
+    meta = json.loads(sidecar_path(path).read_text())
+    assert not meta["encoder"]["dropped"] and "differs" in meta["encoder"]["why"]
+    assert any(k.startswith("encoder.") for k in load_file(str(path)))
+    assert _same_outputs(load_exported(path)[0], load_detector(run)[0])
+
+
+def test_random_encoder_is_kept_and_loads_back(tmp_path):
+    model = build_detector("mambaadv2", profile="tiny", pretrained=False,
+                           overrides={**SMALL, "image_size": 64})
+    save_checkpoint(tmp_path / "run", model, step=0,
+                    meta={"model": "mambaadv2", "model_config": model.config.to_dict(),
+                          "train": {"image_size": 64}, "history": []})
+    path = export_detector(tmp_path / "run", tmp_path / "random.safetensors")
+    meta = json.loads(sidecar_path(path).read_text())
+    assert not meta["encoder"]["dropped"] and "pretrained=False" in meta["encoder"]["why"]
+    assert _same_outputs(load_exported(path)[0], model.eval())
+
+
+def test_missing_and_unexpected_tensors_are_named(exported, tmp_path):
+    path = _copy_pair(exported, tmp_path)
+    tensors = load_file(str(path))
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    tensors["decoder.extra_weight"] = torch.zeros(3)
+    save_file(tensors, str(path))
+    meta = json.loads(sidecar_path(path).read_text())
+    meta["tensors"].update(sha256=file_sha256(path), bytes=path.stat().st_size)
+    sidecar_path(path).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"does not fit model 'mambaadv2'") as err:
+        load_exported(path)
+    assert dropped in str(err.value) and "decoder.extra_weight" in str(err.value)
+
+
+def _no_sidecar(path):
+    sidecar_path(path).unlink()
+
+
+def _bad_json(path):
+    sidecar_path(path).write_text('{"format": ')
+
+
+def _foreign_json(path):
+    sidecar_path(path).write_text(json.dumps({"model": "mambaadv2"}))
+
+
+@pytest.mark.parametrize("damage, error, pattern", [
+    (lambda p: p.unlink(), FileNotFoundError, r"no exported detector at .*v2\.safetensors"),
+    (_no_sidecar, FileNotFoundError, r"v2\.json is missing: .*copy both"),
+    (_bad_json, ValueError, r"v2\.json is not valid JSON"),
+    (_foreign_json, ValueError, r"v2\.json is not the manifest of an exported detector"),
+])
+def test_bad_files_are_refused_before_any_model_is_built(exported, tmp_path, monkeypatch,
+                                                         damage, error, pattern):
+    path = _copy_pair(exported, tmp_path)
+    damage(path)
+    monkeypatch.setattr(export, "rebuild_detector", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(error, match=pattern):
+        load_exported(path)
+    with pytest.raises(error, match=pattern):
+        read_exported(path)
+
+
+def test_export_refuses_a_folder_without_checkpoint_and_a_bad_name(run, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*checkpoint\.json is missing"):
+        export_detector(tmp_path, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match=r"must be a \.safetensors file"):
+        export_detector(run, tmp_path / "x.pt")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_then_evaluate_and_predict_the_file(run, data, tmp_path, capsys):
+    run_copy = shutil.copytree(run, tmp_path / "run")
+    assert main(["evaluate", "--run", str(run_copy), "--device", "cpu"]) == 0
+    out = tmp_path / "shipped" / "v2.safetensors"
+    assert main(["export", "--run", str(run_copy), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "exported mambaadv2 (step 2)" in printed and "dropped" in printed
+    copied = json.loads((tmp_path / "shipped" / "v2.metrics.json").read_text())
+    assert copied == json.loads((run_copy / "metrics.json").read_text())
+
+    (tmp_path / "shipped" / "v2.metrics.json").unlink()
+    assert main(["evaluate", "--run", str(out), "--device", "cpu", "--save-maps"]) == 0
+    again = json.loads((tmp_path / "shipped" / "v2.metrics.json").read_text())
+    assert again["classes"] == copied["classes"]
+    assert again["image_thresholds"] == copied["image_thresholds"]
+    assert (tmp_path / "shipped" / "v2.maps" / "alpha.npz").is_file()
+    preds = tmp_path / "preds"
+    assert main(["predict", "--run", str(out), "--images", str(data / "alpha" / "test" / "stain"),
+                 "--out", str(preds), "--class", "alpha", "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(open(preds / "scores.csv")))
+    assert len(rows) == 1 and float(rows[0]["threshold"]) == copied["image_thresholds"]["alpha"]
+
+
+def test_patchcore_run_exports_its_memory_bank(data, tmp_path):
+    run = tmp_path / "patchcore"
+    train(TrainConfig(out=str(run), data=str(data), model="patchcore",
+                      model_overrides={"coreset_ratio": 0.5}, **FAST))
+    path = export_detector(run, tmp_path / "patchcore.safetensors")
+    tensors = load_file(str(path))
+    assert list(tensors) == ["memory_bank"] and tensors["memory_bank"].shape[0] > 1
+    reference, _ = load_detector(run)
+    model, meta = load_exported(path)
+    assert meta["encoder"]["dropped"]
+    assert torch.equal(model.memory_bank, reference.memory_bank)
+    assert _same_outputs(model, reference)
