@@ -1,0 +1,192 @@
+"""Metric-vs-steps curves of GPU training runs, mean +- std over seeds, and the rows of the runs
+that finished their schedule (the `converged_*` results files).
+
+    python -m mambaadv2_ref.studies.training_curves --train C1 C2 C3 --results book/results
+
+C1, C2, ...: folders of `gpu_sitting train` commands, in order (each holds train_RUN.json with the
+run's evaluated snapshots, `curve`, and its latest metrics). A run met in several commands keeps
+the union of its snapshots; the latest record gives its step and schedule. Writes, per (dataset,
+profile):
+
+- training_curves_DATASET_PROFILE_gpu.json: one row per (run, snapshot step) with dataset, model,
+  profile, encoder, seed, step, schedule_steps, epochs, device_name, images_per_s (the run's last
+  logged throughput), the metrics in percent, and
+  the summary over seeds per (model, encoder, step): mean, std (sample, n-1) and n;
+  PatchCore fits (no steps) as reference rows; plus the .png of the curves.
+- converged_DATASET_PROFILE_gpu.json: one row per run whose last checkpoint is the end of its
+  schedule (fixed schedule, last checkpoint, no model selection), with train_s; written only when
+  such runs exist.
+
+A snapshot is scored like any checkpoint (`evaluate --run RUN/snapshots/stepN`): its step is fixed
+in advance (`snapshot_every`), so comparing models at a step selects nothing on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.evaluate import METRIC_KEYS
+
+PLOTTED = ("I-AUROC", "AUPRO", "mAD")
+
+
+def merge_records(folders: list[Path]) -> dict[str, dict]:
+    """name -> the latest train_NAME.json record, its `curve` the union over all commands."""
+    runs: dict[str, dict] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("train_*.json")):
+            record = json.loads(path.read_text())
+            curve = {p["step"]: p for p in runs.get(record["name"], {}).get("curve", [])}
+            curve.update({p["step"]: p for p in record.get("curve", [])})
+            runs[record["name"]] = {**record, "curve": [curve[s] for s in sorted(curve)]}
+    return runs
+
+
+def _percent(mean: dict) -> dict:
+    return {k: None if mean.get(k) is None else 100 * mean[k] for k in METRIC_KEYS}
+
+
+def run_info(record: dict) -> dict:
+    """The fields every row of a run shares: dataset, model, profile, encoder, seed, device."""
+    args, train = record["args"], record.get("train") or {}
+    config = record.get("model_config") or {}
+    return {"run": record["name"], "dataset": "bsdata" if "--data" in args else "embedded",
+            "model": args[args.index("--model") + 1],
+            "profile": config.get("profile") or args[args.index("--profile") + 1],
+            "encoder": config.get("encoder"), "seed": train.get("seed"),
+            "schedule_steps": train.get("num_steps"),
+            "device_name": record["environment"].get("gpu"),
+            "images_per_s": (record.get("history") or [{}])[-1].get("images_per_s"),
+            "date": record["environment"].get("date")}
+
+
+def _epochs(step: int, train: dict) -> float | None:
+    if not train.get("num_train_images"):
+        return None
+    return round(step * train["batch_size"] / train["num_train_images"], 1)
+
+
+def curve_rows(record: dict) -> list[dict]:
+    """One row per evaluated snapshot of a run (PatchCore: one row of its fit, step 0)."""
+    info, train = run_info(record), record.get("train") or {}
+    if info["model"] == "patchcore":
+        metrics = (record.get("metrics") or {}).get("mean")
+        return [] if metrics is None else [{**info, "step": 0, "epochs": None,
+                                            "metrics": _percent(metrics)}]
+    return [{**info, "step": p["step"], "epochs": _epochs(p["step"], train),
+             "metrics": _percent(p["mean"])} for p in record.get("curve", [])]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean, std (n-1; 0 for one seed) and n over seeds per (model, encoder, step)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["encoder"], r["step"]), []).append(r)
+    out = []
+    for (model, encoder, step), members in sorted(groups.items()):
+        entry = {"model": model, "encoder": encoder, "step": step, "n": len(members),
+                 "seeds": sorted(m["seed"] for m in members if m["seed"] is not None)}
+        for k in METRIC_KEYS:
+            values = [m["metrics"][k] for m in members if m["metrics"][k] is not None]
+            entry[k] = {"mean": statistics.fmean(values) if values else None,
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        out.append(entry)
+    return out
+
+
+def converged_row(record: dict) -> dict | None:
+    """The row of a run whose latest checkpoint ends its schedule, else None."""
+    info, train = run_info(record), record.get("train") or {}
+    metrics = (record.get("metrics") or {}).get("mean")
+    if info["model"] == "patchcore" or metrics is None or record["step"] != train.get(
+            "num_steps"):
+        return None
+    return {**info, "steps": record["step"], "epochs": _epochs(record["step"], train),
+            "train_s": record.get("train_seconds"), "metrics": _percent(metrics)}
+
+
+def plot_curves(summary: list[dict], title: str, metrics=PLOTTED) -> Figure:
+    """One panel per metric: mean over seeds against steps, error bars +- std; PatchCore fits
+    (step 0) as dashed horizontal lines."""
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics))
+    curves = sorted({(s["model"], s["encoder"]) for s in summary if s["step"] > 0})
+    for ax, key in zip(axes, metrics, strict=True):
+        for model, encoder in curves:
+            pts = [s for s in summary if (s["model"], s["encoder"]) == (model, encoder)
+                   and s["step"] > 0 and s[key]["mean"] is not None]
+            n = max(p["n"] for p in pts)
+            ax.errorbar([p["step"] for p in pts], [p[key]["mean"] for p in pts],
+                        yerr=[p[key]["std"] for p in pts], marker="o", capsize=3,
+                        label=f"{model}, {encoder} ({n} seed{'s' * (n > 1)})")
+        for s in summary:
+            if s["step"] == 0 and s[key]["mean"] is not None:
+                ax.axhline(s[key]["mean"], ls="--", lw=1, color="grey")
+                ax.annotate(f"{s['model']}, {s['encoder']}", (0, s[key]["mean"]), fontsize=7,
+                            xycoords=("axes fraction", "data"), va="bottom", color="grey")
+        ax.set(xlabel="training step", ylabel=f"{key} (%)", title=key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def collect(folders: list[Path], results: Path, note: str = "") -> list[Path]:
+    """Write the curves and converged files of every (dataset, profile); return their paths.
+
+    Args:
+        folders: outputs of the sitting's train commands, in order.
+        results: the results folder.
+        note: how the runs were made (machine sharing, stops), appended to each file's notes.
+    """
+    runs = merge_records(folders)
+    by_group: dict[tuple, list[dict]] = {}
+    for record in runs.values():
+        info = run_info(record)
+        by_group.setdefault((info["dataset"], info["profile"]), []).append(record)
+    written = []
+    for (dataset, profile), records in sorted(by_group.items()):
+        rows = [row for record in records for row in curve_rows(record)]
+        summary = summarise(rows)
+        stem = f"{dataset}_{profile}_gpu"
+        if any(r["step"] > 0 for r in rows):
+            write_json(results / f"training_curves_{stem}.json", {
+                "rows": rows, "summary": summary,
+                "notes": "Snapshots at fixed steps (snapshot_every), each scored on the test "
+                         "split; mean +- std over seeds per step. A run may have stopped before "
+                         "its schedule's end (schedule_steps): its last learning-rate step "
+                         "(x0.1 at 80 %) is then not in the curve. " + note})
+            fig = plot_curves(summary, f"{dataset}, {profile} profile: metric vs steps")
+            fig.savefig(results / f"training_curves_{stem}.png", dpi=110)
+            written += [results / f"training_curves_{stem}.json",
+                        results / f"training_curves_{stem}.png"]
+        finished = [row for record in records if (row := converged_row(record))]
+        if finished:
+            write_json(results / f"converged_{stem}.json", {
+                "rows": finished,
+                "notes": "Runs that finished their fixed schedule; metrics of the last "
+                         "checkpoint (no model selection on the test split). " + note})
+            written.append(results / f"converged_{stem}.json")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=Path, nargs="+", required=True,
+                        help="folders of gpu_sitting train commands' outputs, in order")
+    parser.add_argument("--results", type=Path, default=Path("book/results"))
+    parser.add_argument("--note", default="", help="how the runs were made (into the notes)")
+    args = parser.parse_args(argv)
+    for path in collect(args.train, args.results, args.note):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

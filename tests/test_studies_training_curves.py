@@ -1,0 +1,65 @@
+"""Training curves of GPU sittings: snapshots merged over commands, mean +- std over seeds, the
+converged rows only for runs that finished their schedule (CPU, synthetic records)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from mambaadv2_ref.evaluate import METRIC_KEYS
+from mambaadv2_ref.studies import training_curves
+
+
+def _record(name, model, seed, step, num_steps, curve, final=None):
+    args = ["--model", model, "--data", "/d", "--profile", "paper"]
+    mean = lambda v: {k: v for k in METRIC_KEYS}  # noqa: E731
+    return {"name": name, "args": args, "step": step, "train_seconds": 12.5,
+            "environment": {"gpu": "NVIDIA H200", "date": "2026-12-02T06:00:00+00:00"},
+            "train": {"seed": seed, "num_steps": num_steps, "batch_size": 16,
+                      "num_train_images": 128},
+            "model_config": {"profile": "paper", "encoder": "efficientnet_lite0"},
+            "curve": [{"step": s, "mean": mean(v)} for s, v in curve],
+            **({"metrics": {"mean": mean(final)}} if final is not None else {})}
+
+
+def _write(folder, records):
+    folder.mkdir()
+    for r in records:
+        (folder / f"train_{r['name']}.json").write_text(json.dumps(r))
+
+
+def test_curves_merge_commands_average_seeds_and_keep_only_finished_runs(tmp_path):
+    _write(tmp_path / "c1", [
+        _record("v2_s0", "mambaadv2", 0, 210, 400, [(200, 0.60)], final=0.61),
+        _record("v2_s1", "mambaadv2", 1, 205, 400, [(200, 0.64)]),
+        {**_record("pc", "patchcore", 42, 0, 0, [], final=0.5),
+         "model_config": {"encoder": "efficientnet_lite0"}}])
+    _write(tmp_path / "c2", [  # the next command: s0 finished, s1 did not
+        _record("v2_s0", "mambaadv2", 0, 400, 400, [(400, 0.70)], final=0.70),
+        _record("v2_s1", "mambaadv2", 1, 390, 400, [(200, 0.64)])])
+    written = training_curves.collect([tmp_path / "c1", tmp_path / "c2"], tmp_path)
+    curves = json.loads((tmp_path / "training_curves_bsdata_paper_gpu.json").read_text())
+    steps = sorted((r["run"], r["step"]) for r in curves["rows"])
+    assert steps == [("pc", 0), ("v2_s0", 200), ("v2_s0", 400), ("v2_s1", 200)]
+    at200 = next(s for s in curves["summary"] if s["model"] == "mambaadv2" and s["step"] == 200)
+    assert at200["n"] == 2 and at200["seeds"] == [0, 1]
+    assert at200["mAD"]["mean"] == pytest.approx(62.0)
+    assert at200["mAD"]["std"] == pytest.approx(statistics.stdev([60.0, 64.0]))
+    at400 = next(s for s in curves["summary"] if s["model"] == "mambaadv2" and s["step"] == 400)
+    assert at400["n"] == 1 and at400["mAD"]["std"] == 0.0
+    assert (tmp_path / "training_curves_bsdata_paper_gpu.png").stat().st_size > 0
+    converged = json.loads((tmp_path / "converged_bsdata_paper_gpu.json").read_text())
+    assert [r["run"] for r in converged["rows"]] == ["v2_s0"]  # finished; s1 and PatchCore not
+    row = converged["rows"][0]
+    assert row["steps"] == 400 and row["epochs"] == 50.0 and row["metrics"]["mAD"] == 70.0
+    assert row["device_name"] == "NVIDIA H200" and row["train_s"] == 12.5
+    assert tmp_path / "converged_bsdata_paper_gpu.json" in written
+
+
+def test_no_converged_file_without_a_finished_run(tmp_path):
+    _write(tmp_path / "c1", [_record("v2_s0", "mambaadv2", 0, 210, 400, [(200, 0.6)], 0.6)])
+    training_curves.collect([tmp_path / "c1"], tmp_path)
+    assert (tmp_path / "training_curves_bsdata_paper_gpu.json").is_file()
+    assert not (tmp_path / "converged_bsdata_paper_gpu.json").exists()
