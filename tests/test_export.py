@@ -240,3 +240,21 @@ def test_patchcore_run_exports_its_memory_bank(data, tmp_path):
     assert meta["encoder"]["dropped"]
     assert torch.equal(model.memory_bank, reference.memory_bank)
     assert _same_outputs(model, reference)
+
+
+def test_the_books_committed_detectors_load_and_match_their_manifests(tmp_path, monkeypatch):
+    """book/detectors/: each exported detector loads (encoder fingerprint and SHA-256 checked),
+    is the model its manifest names, and gives finite maps; a folder without it gives None."""
+    from mambaadv2_ref.studies.results import DETECTORS_DIR, DETECTORS_ENV, committed_detector
+
+    names = sorted(p.stem for p in DETECTORS_DIR.glob("*.safetensors"))
+    assert names == ["tiny_mambaad_embedded", "tiny_mambaadv2_embedded"]
+    for name in names:
+        model, meta = committed_detector(name)
+        assert meta["model"] == name.split("_")[1] and meta["step"] == 4000
+        assert meta["model_config"]["backend"] == "auto"  # runs on CPUs whatever trained it
+        size = meta["train"]["image_size"]
+        maps, scores = model.anomaly_map(torch.rand(1, 3, size, size))
+        assert maps.shape[-2:] == (size, size) and torch.isfinite(maps).all()
+    monkeypatch.setenv(DETECTORS_ENV, str(tmp_path))
+    assert committed_detector(names[0]) is None

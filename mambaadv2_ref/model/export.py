@@ -7,7 +7,9 @@ only what training produced:
     FILE.safetensors   the state dict without the encoder's entries when they equal the
                        pretrained weights installed here (fusion + decoder, or PatchCore's
                        memory bank); a random or unrecognised encoder is kept in the file
-    FILE.json          the manifest: model, model_config, profile, step, train settings, history,
+    FILE.json          the manifest: model, model_config (its scan `backend` set to "auto", so
+                       the file runs on CPUs too; `trained_backend` keeps the run's), profile,
+                       step, train settings, history,
                        the encoder's fingerprint (`tensor_digest`) and where its weights came
                        from, and the SHA-256 and size of FILE.safetensors
 
@@ -157,10 +159,14 @@ def export_detector(run_dir, path) -> Path:
     sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION,
                **{k: ckpt.meta[k] for k in MANIFEST_KEYS if k in ckpt.meta},
                "exported_from": str(run_dir),
+               "trained_backend": ckpt.meta["model_config"].get("backend"),
                "encoder": {"name": name, "dropped": dropped, "why": why,
                            "weights": weights_source(name), **digest},
                "tensors": {"sha256": file_sha256(path), "bytes": path.stat().st_size,
                            "count": len(tensors)}}
+    if "backend" in sidecar["model_config"]:  # a compute setting (same function): an exported
+        # detector runs wherever it is loaded, on mamba-ssm's kernels where they are, else torch
+        sidecar["model_config"] = {**sidecar["model_config"], "backend": "auto"}
     sidecar["evaluation"] = _export_evaluation(Path(run_dir), path, ckpt.step)
     write_json(sidecar_path(path), sidecar)
     return path

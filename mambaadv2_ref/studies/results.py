@@ -2,7 +2,8 @@
 machine, how they are read back and shown as a markdown table.
 
 The studies write JSON (with date and hardware); the book reads the committed copies in
-`book/results/` of the repository (`RESULTS_DIR`). Every study exports a `load_table(path)` that
+`book/results/` of the repository (`RESULTS_DIR`), and its trained detectors, exported files
+(`model.export`), in `book/detectors/` (`DETECTORS_DIR`, `committed_detector`). Every study exports a `load_table(path)` that
 turns its JSON into rows (a list of flat dicts), and `tables.markdown_table(rows)` renders any
 of them.
 """
@@ -21,6 +22,8 @@ import torch
 from mambaadv2_ref.scans import available_backends
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "book" / "results"
+DETECTORS_DIR = Path(__file__).resolve().parents[2] / "book" / "detectors"
+DETECTORS_ENV = "MAMBAADV2_REF_DETECTORS"  # another folder holding the book's detectors
 
 
 def environment(device: torch.device | None = None) -> dict:
@@ -74,6 +77,24 @@ def committed_results(name: str, results_dir: Path | None = None) -> dict | None
         raise ValueError(f"name must be a .json file name, got {name!r}")
     path = Path(results_dir or RESULTS_DIR) / name
     return read_json(path) if path.is_file() else None
+
+
+def committed_detector(name: str, device="cpu", detectors_dir: Path | None = None):
+    """Load the trained detector `book/detectors/<name>.safetensors` if it is there, else None.
+
+    The folder is `detectors_dir`, else `$MAMBAADV2_REF_DETECTORS`, else the repository's
+    `book/detectors/` (absent where the package was installed from a wheel: the chapter then
+    says so and uses its live run instead).
+
+    Returns:
+        (model in eval mode on `device`, its manifest) or None. A file that is there but
+        broken (checksum, encoder weights) raises the loader's ValueError: nothing is skipped.
+    """
+    from mambaadv2_ref.model.export import load_exported
+
+    folder = Path(detectors_dir or os.environ.get(DETECTORS_ENV) or DETECTORS_DIR)
+    path = folder / f"{name}.safetensors"
+    return load_exported(path, device=device) if path.is_file() else None
 
 
 def list_results(results_dir: Path | None = None) -> list[str]:
