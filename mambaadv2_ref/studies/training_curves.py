@@ -9,8 +9,9 @@ the union of its snapshots; the latest record gives its step and schedule. Write
 profile):
 
 - training_curves_DATASET_PROFILE_gpu.json: one row per (run, snapshot step) with dataset, model,
-  profile, encoder, seed, step, schedule_steps, epochs, device_name, images_per_s (the run's last
-  logged throughput), the metrics in percent, and
+  profile, encoder, seed, step, schedule_steps, steps_done (where the run stopped),
+  num_train_images, epochs, device_name, images_per_s (the run's last logged throughput), the
+  metrics in percent, and
   the summary over seeds per (model, encoder, step): mean, std (sample, n-1) and n;
   PatchCore fits (no steps) as reference rows; plus the .png of the curves.
 - converged_DATASET_PROFILE_gpu.json: one row per run whose last checkpoint is the end of its
@@ -60,7 +61,8 @@ def run_info(record: dict) -> dict:
             "model": args[args.index("--model") + 1],
             "profile": config.get("profile") or args[args.index("--profile") + 1],
             "encoder": config.get("encoder"), "seed": train.get("seed"),
-            "schedule_steps": train.get("num_steps"),
+            "schedule_steps": train.get("num_steps"), "steps_done": record.get("step"),
+            "num_train_images": train.get("num_train_images"),
             "device_name": record["environment"].get("gpu"),
             "images_per_s": (record.get("history") or [{}])[-1].get("images_per_s"),
             "date": record["environment"].get("date")}
