@@ -139,6 +139,7 @@ def test_comparison_grid_times_both_values_interleaved(tmp_path):
 
 @pytest.mark.parametrize("loader, name, key", [
     (speed.load_table, "speed_paper_gpu.json", "backend"),
+    (speed.load_comparison_table, "stack_scans_cpu.json", "ratio"),
     (scaling.load_table, "scaling_paper_gpu.json", "tokens"),
     (ablations.load_table, "ablations_embedded_tiny_cpu.json", "mAD"),
     ("scan_bench", "scan_bench_cpu.json", "method"),
