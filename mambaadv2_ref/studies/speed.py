@@ -47,7 +47,7 @@ GRID_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # the grid names 
 TRAIN_DEFAULTS = TrainConfig(out="")  # the recipe's lr-independent settings (wd, clipping)
 # the mamba-ssm kernel each model's scan needs
 KERNEL_OF = {"mambaadv2": "mamba_ssm_ssd", "mambaad": "mamba_ssm_s6"}
-COMPARISON_NOTE = ("train.train_step (forward, loss, backward, clipping, AdamW; float32) of two "
+COMPARISON_NOTE = ("train.train_step (forward, loss, backward, clipping, AdamW) of two "
                    "models with the same weights and images, one per value of the setting; one "
                    "warm-up step each, then rounds of one step per value, the order alternating "
                    "between rounds; ratio = median over rounds of step(values[1]) / "
@@ -159,21 +159,25 @@ def hss_scan_calls(net) -> int:
 
 def compare_setting(setting: str, values: tuple = (True, False), model: str = "mambaadv2",
                     profile: str = "tiny", batch_size: int | None = None, device="auto",
-                    repeats: int = 10, overrides: dict | None = None) -> dict:
+                    repeats: int = 10, overrides: dict | None = None,
+                    precision: str = "fp32") -> dict:
     """Training-step time of one model under each value of a compute-only setting, in one run.
 
     Both models are built with the same seed (the same weights: the setting changes how they
     compute, not what) and step on the same random images with the recipe's optimizer
-    (`train.train_step`, float32). After one warm-up step each, every round times one step per
-    value, the order alternating between rounds (A B, B A, ...) so that the machine's drift
-    (load, clocks) falls on every value alike.
+    (`train.train_step`, under bf16 autocast by `precision` as in `bench_model`). After one
+    warm-up step each, every round times one step per value, the order alternating between
+    rounds (A B, B A, ...) so that the machine's drift (load, clocks) falls on every value
+    alike.
 
     Args:
         setting: a name in `config.COMPUTE_SETTINGS`. values: its two values, the first the
             reference of the ratio. model, profile, batch_size (None: the profile's), device.
         repeats: rounds. overrides: further ModelConfig fields for both models.
+        precision: "fp32", "bf16" or "auto" (`runtime.use_bf16`).
     Returns:
-        dict with model, profile, setting, values, image_size, batch_size, repeats, step_s
+        dict with model, profile, setting, values, precision, image_size, batch_size, repeats,
+        step_s
         {str(value): seconds of each round}, median_step_s {str(value)}, hss_scan_calls
         {str(value): `hss_scan_calls`}, and ratio: the median over rounds of
         step(values[1]) / step(values[0]) (> 1: the first value is faster).
@@ -185,6 +189,7 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
         raise ValueError(f"values must be two values of {setting}, got {values!r}")
     check_positive_int("repeats", repeats)
     device = resolve_device(device)
+    bf16 = use_bf16(device, precision)
     prof = get_profile(profile)
     batch_size = check_positive_int("batch_size", batch_size or prof.batch_size)
     steps = {}
@@ -201,7 +206,7 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
 
     def step(value) -> None:
         net, optimizer = steps[value]
-        train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad)
+        train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad, bf16)
 
     times = {value: [] for value in values}
     for value in values:
@@ -212,7 +217,8 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
                                                  iters=1))
     first, second = values
     return {"model": model, "profile": profile, "setting": setting, "values": list(values),
-            "device": str(device), "image_size": size, "batch_size": batch_size,
+            "precision": "bf16" if bf16 else "fp32", "device": str(device),
+            "image_size": size, "batch_size": batch_size,
             "repeats": repeats, "step_s": {str(v): t for v, t in times.items()},
             "median_step_s": {str(v): statistics.median(t) for v, t in times.items()},
             "hss_scan_calls": {str(v): hss_scan_calls(net) for v, (net, _) in steps.items()},
@@ -222,8 +228,8 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
 
 def comparison_grid(setting: str, cases: list[tuple[str, int]], values: tuple = (True, False),
                     device="auto", repeats: int = 10, out_json: Path | None = None,
-                    overrides: dict | None = None) -> dict:
-    """`compare_setting` for every (profile, batch) case (with `overrides` for every model);
+                    overrides: dict | None = None, precision: str = "fp32") -> dict:
+    """`compare_setting` for every (profile, batch) case (with `overrides` and `precision`);
     with `out_json` the JSON (environment, setting, rows) is saved after each case, so a run cut
     short keeps what it measured."""
     device = resolve_device(device)
@@ -232,7 +238,8 @@ def comparison_grid(setting: str, cases: list[tuple[str, int]], values: tuple = 
               "rows": []}
     for profile, batch_size in cases:
         row = compare_setting(setting, values, profile=profile, batch_size=batch_size,
-                              device=device, repeats=repeats, overrides=overrides)
+                              device=device, repeats=repeats, overrides=overrides,
+                              precision=precision)
         result["rows"].append(row)
         if out_json is not None:
             write_json(out_json, result)
@@ -313,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="tiny:8,small:2",
                         help="with --compare: comma list of profile:batch")
     parser.add_argument("--repeats", type=int, default=10, help="with --compare: rounds")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="with --compare: training precision")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = "gpu" if device.type == "cuda" else "cpu"
         out_json = Path(args.out) / f"{args.compare}_{kind}.json"
         comparison_grid(args.compare, cases, device=device, repeats=args.repeats,
-                        out_json=out_json)
+                        out_json=out_json, precision=args.precision)
         print(f"saved {out_json}")
         return 0
     models = tuple(args.models.split(","))
