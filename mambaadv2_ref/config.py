@@ -13,7 +13,8 @@ minutes, `small` trains on a CPU in tens of minutes, `paper` is the paper's sett
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
                      `num_directions` override every stage when set
-    matrix_impl, checkpoint_matrix, checkpoint_block, backend   how it is computed (same function)
+    matrix_impl, stack_scans, checkpoint_matrix, checkpoint_block, backend
+                     how it is computed (same function)
     dwconv, bc_norm, use_fft, local_kernels   the remaining switches
 
 Decoder stages follow MambaAD (book appendix A.1.1): `modules_per_stage` splits a depth into
@@ -36,7 +37,8 @@ MATRIX_IMPLS = ("scan", "materialised")  # how the HSS matrix path is computed (
 PRECISIONS = ("auto", "bf16", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
-COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl")
+COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl",
+                    "stack_scans")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 
@@ -134,6 +136,9 @@ class ModelConfig:
         path_mode, matrix_causal, matrix_max_tokens: the dual paths of the HSS block.
         matrix_impl: "scan" (the matrix path as two linear scans per window, O(L)) or
             "materialised" (its (window x window) matrix, the slow twin: same function).
+        stack_scans: the HSS block's causal and anticausal scans of the same inputs in one
+            scan call, the sequence and its reversal stacked along the batch (`scans.two_sided`,
+            TS.5); False: one call per scan (the slow twin: same function).
         checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
@@ -165,6 +170,7 @@ class ModelConfig:
     matrix_causal: bool = False
     matrix_max_tokens: int = 1024
     matrix_impl: str = "scan"
+    stack_scans: bool = True
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
     position_aware: bool = True

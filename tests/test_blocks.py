@@ -259,6 +259,60 @@ def test_hss_scanned_matrix_path_equals_materialised(settings):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("settings", [
+    dict(), dict(checkpoint_matrix=True), dict(path_mode="matrix"), dict(path_mode="gate"),
+    dict(path_mode="recurrence"), dict(matrix_causal=True), dict(position_aware=False),
+    dict(bc_norm=False, position_aware=False), dict(matrix_max_tokens=7),
+    dict(matrix_max_tokens=7, path_mode="matrix"),
+    dict(matrix_max_tokens=7, checkpoint_matrix=True),
+    dict(matrix_max_tokens=7, position_aware=False), dict(matrix_impl="materialised")],
+    ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "v2")
+def test_hss_stacked_scans_equal_separate_calls(settings):
+    """One scan call for the causal and anticausal scans (stack_scans, TS.5) gives the block of
+    one call per scan: same output and same gradients (input and every parameter), in float64,
+    when the 30 tokens fit one window (one call for both paths) and in windows of 7 (the
+    windowed pair in one call), with and without position awareness."""
+    outputs = []
+    for stack in (True, False):
+        hss = make_hss(seed=5, stack_scans=stack, **{"checkpoint_matrix": False, **settings})
+        u = torch.randn(2, 5, 6, 16, dtype=torch.float64, generator=seeded(6), requires_grad=True)
+        y = hss(u)
+        y.square().sum().backward()
+        outputs.append([y, u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)])
+    assert len(outputs[0]) == len(outputs[1])
+    for a, b in zip(*outputs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(), dict(matrix_max_tokens=7), dict(path_mode="matrix"),
+    dict(path_mode="matrix", matrix_max_tokens=7), dict(path_mode="recurrence"),
+    dict(matrix_causal=True), dict(matrix_causal=True, matrix_max_tokens=7)],
+    ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "v2")
+def test_hss_scan_calls_are_counted_by_cost(settings, monkeypatch):
+    """`HSS.cost`'s scan_calls is the number of causal-scan calls of a forward pass: with
+    stack_scans one fewer wherever the matrix path is two-sided (one call in all when the
+    sequence fits a window, two when it is cut into windows)."""
+    calls = []
+    chunked = scans.two_sided.ssd_chunked_core
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return chunked(*args, **kwargs)
+
+    monkeypatch.setattr(scans.two_sided, "ssd_chunked_core", counted)
+    for stack in (True, False):
+        hss = make_hss(stack_scans=stack, **settings)
+        calls.clear()
+        with torch.no_grad():
+            hss(torch.randn(1, 5, 6, 16, dtype=torch.float64))
+        cost = hss.cost(5, 6)
+        assert len(calls) == cost["scan_calls"], (stack, calls)
+        assert cost["scan_calls"] == cost["scans_per_direction"] - (
+            stack and settings.get("path_mode") != "recurrence"
+            and not settings.get("matrix_causal", False))
+
+
 @pytest.mark.parametrize("flags", [dict(checkpoint_matrix=True),
                                    dict(checkpoint_block=True, checkpoint_matrix=False),
                                    dict(checkpoint_block=True)])
@@ -304,6 +358,8 @@ def test_hss_cost_reports_windowed_matrix():
     assert cost["matrix_entries"] == 8 * 256 * 64
     # whole-sequence causal scan, windowed causal scan, windowed anticausal scan
     assert cost["scans_per_direction"] == 3 and hss.cost(8, 8)["scans_per_direction"] == 2
+    # stacked: the windowed pair in one call; one call for both paths when L <= W
+    assert cost["scan_calls"] == 2 and hss.cost(8, 8)["scan_calls"] == 1
     recurrence = HSS(16, PLAN2, block_config(headdim=8, path_mode="recurrence")).cost(4, 4)
     assert recurrence["matrix_entries"] == 0 and recurrence["scans_per_direction"] == 1
 

@@ -35,7 +35,9 @@ def test_names_and_compute_settings():
     assert config.DETECTORS == (*config.MODELS, "patchcore")
     stored = config.preset("tiny").to_dict()
     assert model_config_diff(stored, {**stored, "backend": "torch", "matrix_impl":
-                                      "materialised"}) == []
+                                      "materialised", "stack_scans": False}) == []
+    assert model_config_diff({k: v for k, v in stored.items() if k != "stack_scans"},
+                             stored) == []  # a config from before stack_scans existed
     assert model_config_diff(stored, {**stored, "d_state": 8}) == ["d_state: 16 -> 8"]
     with pytest.raises(TypeError, match="chunk_size must be a positive int"):
         config.preset("tiny", chunk_size=1.5)

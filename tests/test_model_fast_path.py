@@ -1,5 +1,7 @@
-"""The whole model computes the same function with the O(L) matrix path as with the materialised
-one (same weights, float64): detector features, anomaly maps and gradients."""
+"""The whole model computes the same function on its fast paths as on their slow twins (same
+weights, float64): the O(L) matrix path against the materialised one, and the stacked
+causal+anticausal scan calls against one call per scan; detector features, anomaly maps and
+gradients."""
 
 from __future__ import annotations
 
@@ -9,12 +11,12 @@ import torch
 from mambaadv2_ref.model.factory import build_model
 
 
-@pytest.mark.parametrize("plan", ["decay_deep", "uniform"])
-def test_scanned_matrix_path_gives_the_same_model(plan):
+def outputs_of_twins(fast: dict, slow: dict, **settings) -> list[list[torch.Tensor]]:
+    """Decoder features, parameter gradients (training mode), anomaly maps and scores (eval) of
+    two tiny models on the same weights and images, built with `fast` and `slow` settings."""
     torch.manual_seed(0)
-    nets = [build_model("mambaadv2", profile="tiny", pretrained=False, scan_plan=plan,
-                        matrix_impl=impl, checkpoint_matrix=False, drop_path=0.0).double()
-            for impl in ("scan", "materialised")]
+    nets = [build_model("mambaadv2", profile="tiny", pretrained=False, drop_path=0.0,
+                        **settings, **twin).double() for twin in (fast, slow)]
     nets[1].load_state_dict(nets[0].state_dict())
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     outputs = []
@@ -27,5 +29,23 @@ def test_scanned_matrix_path_gives_the_same_model(plan):
         maps, scores = net.anomaly_map(images)
         outputs.append([*dec, maps, scores, *grads])
     assert len(outputs[0]) == len(outputs[1])
-    for a, b in zip(*outputs, strict=True):
+    return outputs
+
+
+@pytest.mark.parametrize("plan", ["decay_deep", "uniform"])
+def test_scanned_matrix_path_gives_the_same_model(plan):
+    fast, slow = outputs_of_twins(dict(matrix_impl="scan"), dict(matrix_impl="materialised"),
+                                  scan_plan=plan, checkpoint_matrix=False)
+    for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("checkpoint_matrix", [False, True])
+def test_stacked_scans_give_the_same_model(checkpoint_matrix):
+    """stack_scans (TS.5) against one call per scan: at 64 px the tiny model's stages hold 4, 16
+    and 64 tokens (one window of 64: one call for both paths) and 256 (four windows: the
+    windowed pair in one call); with the matrix path recomputed in the backward pass or not."""
+    fast, slow = outputs_of_twins(dict(stack_scans=True), dict(stack_scans=False),
+                                  checkpoint_matrix=checkpoint_matrix)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

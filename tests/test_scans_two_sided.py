@@ -1,20 +1,23 @@
 """Tests of scans.two_sided: the two-sided SSD matrix as a causal + an anticausal scan (TS.1).
 
 Slow twins: the materialised matrix forms (ssd_matrix_core, mamba3_matrix) and sums written out
-here; float64 on the CPU; cuda-marked tests compare the Triton kernel route (TS.4) with torch.
+here, and one scan call per scan for the stacked call (TS.5); float64 on the CPU; cuda-marked
+tests compare the Triton kernel route (TS.4) with torch.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import skip_unless_kernel
+from conftest import make_mamba3_inputs, skip_unless_kernel
 
-from mambaadv2_ref.scans.mamba3 import mamba3_matrix, mamba3_two_sided_chunked
+from mambaadv2_ref.blocks.hss import windows
+from mambaadv2_ref.scans.mamba3 import mamba3_matrix, mamba3_two_sided_chunked, prepare
 from mambaadv2_ref.scans.ssd import ssd_chunked_core, ssd_matrix_core
 from mambaadv2_ref.scans.two_sided import (
     reversed_log_decays,
     ssd_anticausal_core,
+    ssd_causal_anticausal_core,
     ssd_causal_core,
     ssd_two_sided_core,
 )
@@ -86,6 +89,84 @@ def test_zero_decay_padding_is_exact():
     pad = lambda t: torch.cat([t, torch.zeros_like(t[:, :4])], dim=1)  # noqa: E731
     y = ssd_two_sided_core(*(pad(t) for t in (xbar, a, B, C)), 4)[:, :12]
     torch.testing.assert_close(y, ssd_two_sided_core(xbar, a, B, C, 4))
+
+
+def ssd_leaves(seed: int):
+    """Leaf tensors (xbar, a, B, C) of plain SSD (g = 2 groups), and the scans' inputs of them."""
+    return [t.requires_grad_() for t in inputs(seed=seed)], lambda *t: t
+
+
+def position_aware_leaves(seed: int):
+    """Leaf tensors of Mamba-3 (Q, K, V, ADT, DT, Trap, biases, angles), and the scans' inputs
+    the HSS block forms of them: rotated per-head q, k (M3.4) and the trapezoid-weighted
+    xbar = (gamma + shifted) v (M3.5)."""
+    args = make_mamba3_inputs(L=37, seed=seed, with_D=False, with_Z=False)
+    names = ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "Angles")
+
+    def scan_inputs(*leaves):
+        q, k, v, log_a, gamma, shifted, _ = prepare(*leaves)
+        return v * (gamma + shifted)[..., None], log_a, k, q
+
+    return [args[n].requires_grad_() for n in names], scan_inputs
+
+
+LEAVES = {"ssd": ssd_leaves, "position_aware": position_aware_leaves}
+
+
+def scans_and_gradients(form: str, window: int | None, two_sided: bool, stack: bool):
+    """The scans of one input set (in windows of `window` tokens, as `HSS.matrix_path` cuts
+    them) and the gradients of every leaf input, by one stacked call or by separate calls."""
+    leaves, scan_inputs = LEAVES[form](seed=3)
+    xbar, a, B, C = scan_inputs(*leaves)
+    if window is not None:
+        xbar, a, B, C = (windows(t, window) for t in (xbar, a, B, C))
+    if two_sided:
+        ys = [ssd_two_sided_core(xbar, a, B, C, 4, stack=stack)]
+    elif stack:
+        ys = list(ssd_causal_anticausal_core(xbar, a, B, C, 4))
+    else:
+        ys = [ssd_causal_core(xbar, a, B, C, 4), ssd_anticausal_core(xbar, a, B, C, 4)]
+    loss = sum((i + 1) * y.square().sum() for i, y in enumerate(ys))  # each output its weight
+    return [*ys, *torch.autograd.grad(loss, leaves)]
+
+
+@pytest.mark.parametrize("two_sided", [False, True], ids=["causal+anticausal", "two_sided"])
+@pytest.mark.parametrize("window", [None, 8], ids=["L<=W", "L>W"])
+@pytest.mark.parametrize("form", list(LEAVES))
+def test_stacked_scans_equal_separate_calls(form, window, two_sided):
+    """(TS.5): one causal-scan call on the stacked sequence and its reversal gives the causal and
+    the anticausal scans of two calls, and the same gradients of every input, in float64: on
+    whole sequences and on zero-padded windows (37 tokens in windows of 8), with plain SSD
+    inputs and with the position-aware ones (rotary q, k and trapezoid xbar)."""
+    stacked, separate = (scans_and_gradients(form, window, two_sided, stack)
+                         for stack in (True, False))
+    assert len(stacked) == len(separate)
+    for a, b in zip(stacked, separate, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_route_stacked_equals_separate(dtype):
+    """(TS.5) on the Triton kernel: the stacked call goes through the float32-operand route
+    (TS.4) as the two separate calls do, so it gives their scans and gradients (float32 out of
+    float32 operands whatever the input dtype); tolerance as `test_kernel_route_matches_torch`
+    (TF32 dots; the batch of the call changes, so may the kernel's tiling)."""
+    skip_unless_kernel("mamba_ssm_ssd")
+    results = []
+    for stack in (True, False):
+        tensors = [t.requires_grad_() for t in inputs(b=4, L=512, h=8, p=32, g=8, N=16,
+                                                      dtype=torch.float32, device="cuda")]
+        xbar, a, B, C = tensors
+        args = (xbar.to(dtype), a, B.to(dtype), C.to(dtype), 64, "mamba_ssm")
+        ys = (list(ssd_causal_anticausal_core(*args)) if stack
+              else [ssd_causal_core(*args), ssd_anticausal_core(*args)])
+        assert all(y.dtype == dtype for y in ys)
+        sum((i + 1) * y.float().square().mean() for i, y in enumerate(ys)).backward()
+        results.append([*(y.float() for y in ys), *(t.grad for t in tensors)])
+    for stacked, separate in zip(*results, strict=True):
+        err = ((stacked - separate).norm() / separate.norm()).item()
+        assert err < 5e-3, f"relative L2 error {err:.3g} >= 5e-3"
 
 
 @pytest.mark.cuda

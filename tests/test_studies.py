@@ -122,8 +122,24 @@ def test_bench_model_times_the_training_step(monkeypatch):
     assert len(calls) == 3 and result["train_images_per_s"] > 0  # 2 warm-up calls + 1 timed
 
 
+def test_comparison_grid_times_both_values_interleaved(tmp_path):
+    out = tmp_path / "stack_scans_cpu.json"
+    result = speed.comparison_grid("stack_scans", [("tiny", 1)], device="cpu", repeats=3,
+                                   out_json=out, overrides={"image_size": 64, "dims": (16, 8, 8, 8),
+                                                            "headdim": 8, "d_state": 4})
+    row = result["rows"][0]
+    assert row["values"] == [True, False] and row["image_size"] == 64 and row["ratio"] > 0
+    assert all(len(t) == 3 for t in row["step_s"].values())
+    assert row["hss_scan_calls"]["True"] < row["hss_scan_calls"]["False"]
+    table = speed.load_comparison_table(out)
+    assert table[0]["profile"] == "tiny" and "stack_scans=False ms" in table[0]
+    with pytest.raises(ValueError, match="COMPUTE_SETTINGS|one of"):
+        speed.compare_setting("d_state", (8, 16))
+
+
 @pytest.mark.parametrize("loader, name, key", [
     (speed.load_table, "speed_paper_gpu.json", "backend"),
+    (speed.load_comparison_table, "stack_scans_cpu.json", "ratio"),
     (scaling.load_table, "scaling_paper_gpu.json", "tokens"),
     (ablations.load_table, "ablations_embedded_tiny_cpu.json", "mAD"),
     ("scan_bench", "scan_bench_cpu.json", "method"),

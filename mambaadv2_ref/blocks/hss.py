@@ -21,8 +21,12 @@ following Mamba-2/3 and MambaAD's SS2D (book appendix A.2.2):
 How (6) is computed: the two-sided mask is causal below the diagonal and mirrored above, so
 (M o q k^T) xbar = causal scan + anticausal scan - diagonal (`scans.two_sided`, eq. TS.1): two
 linear scans per window instead of a (window x window) matrix. Both paths then share one set of
-inputs and, when the sequence fits in one window, the causal scan itself. The materialised
-matrix of chapter 7 stays as the slow twin (`matrix_impl="materialised"`, same function).
+inputs and, when the sequence fits in one window, the causal scan itself. The causal and the
+anticausal scan of the same inputs run as one scan call, the sequence and its reversal stacked
+along the batch (TS.5): one call for both paths when L <= W, one for the windowed pair when
+L > W (beside the whole-sequence causal scan of (5)). The slow twins: `stack_scans=False` (one
+call per scan) and the materialised matrix of chapter 7 (`matrix_impl="materialised"`), each
+the same function.
 
 Choices we made (the paper body is not public):
 - A is a learned scalar per head (Mamba-2's A_log), not Mamba-3's data-dependent A_t: both paths
@@ -58,8 +62,10 @@ from mambaadv2_ref.scans.mamba3 import prepare
 from mambaadv2_ref.scans.ssd import expand_groups, ssd_matrix_core
 from mambaadv2_ref.scans.two_sided import (
     diagonal_scores,
+    ssd_causal_anticausal_core,
     ssd_causal_core,
     ssd_two_sided_core,
+    two_sided_from_scans,
 )
 
 
@@ -98,7 +104,7 @@ class HSS(nn.Module):
         plan: StagePlan (curve, num_directions) of the stage.
         cfg: the model config (`ModelConfig`); the block reads d_state (N), headdim (p),
             expand (d_inner = expand C), ngroups (g), chunk_size (Q), path_mode, matrix_causal,
-            matrix_max_tokens (W), matrix_impl, checkpoint_matrix, position_aware,
+            matrix_max_tokens (W), matrix_impl, stack_scans, checkpoint_matrix, position_aware,
             rope_fraction, dwconv, bc_norm and backend.
     """
 
@@ -197,13 +203,18 @@ class HSS(nn.Module):
             qk = diagonal_scores(k, q, self.heads)  # (BK, L, h)
             diagonal = (qk * shifted)[..., None] * x
         fits = x.shape[1] <= self.cfg.matrix_max_tokens
-        causal = None
-        if self.cfg.path_mode != "matrix" or (fits and self.cfg.matrix_impl == "scan"):
+        shared = fits and self.cfg.matrix_impl == "scan"  # one causal scan serves both paths
+        checkpointed = self.cfg.checkpoint_matrix and not self.cfg.checkpoint_block
+        causal = y_mat = y_rec = None
+        if (shared and self.cfg.stack_scans and self.cfg.path_mode != "recurrence"
+                and not self.cfg.matrix_causal):  # both paths' scans in one call (TS.5),
+            # recomputed with checkpoint_matrix in the backward pass, its causal half too
+            causal, y_mat = recomputed(checkpointed, self.stacked_paths, xbar, log_a, k, q)
+        elif self.cfg.path_mode != "matrix" or shared:
             causal = ssd_causal_core(xbar, log_a, k, q, self.cfg.chunk_size, self.cfg.backend)
-        y_rec = y_mat = None
         if self.cfg.path_mode != "matrix":
             y_rec = causal - diagonal  # eq. (5)
-        if self.cfg.path_mode != "recurrence":
+        if self.cfg.path_mode != "recurrence" and y_mat is None:
             path = (self.matrix_path if self.cfg.matrix_impl == "scan"
                     else self.matrix_path_materialised)
             if shifted is not None and not fits:  # each window is its own sequence (6): the
@@ -215,12 +226,28 @@ class HSS(nn.Module):
                 cut = shifted * ends[:, None]  # (BK, L, h)
                 xbar = xbar - (cut[..., None] * x).to(xbar.dtype)
                 diagonal = (qk * (shifted - cut))[..., None] * x
-            y_mat = recomputed(self.cfg.checkpoint_matrix and not self.cfg.checkpoint_block,
-                               path, xbar, log_a, k, q, causal if fits else None) - diagonal
+            y_mat = recomputed(checkpointed, path, xbar, log_a, k, q, causal if fits else None)
+        if y_mat is not None:
+            y_mat = y_mat - diagonal
         return self.fuse(y_rec, y_mat)  # eq. (7)
 
+    def stacked_paths(self, xbar, log_a, k, q) -> tuple[torch.Tensor, torch.Tensor]:
+        """When L <= W: the causal scan of the recurrence path and the two-sided matrix path from
+        one scan call.
+
+        Args:
+            xbar (b, L, h, p); log_a (b, L, h); k, q (b, L, h, N), L <= W.
+        Returns:
+            causal (b, L, h, p): (5) without the diagonal term; (b, L, h, p): (6) without it.
+        Implements: (TS.5), then (TS.1) on the whole sequence (one window).
+        """
+        causal, anticausal = ssd_causal_anticausal_core(xbar, log_a, k, q, self.cfg.chunk_size,
+                                                        self.cfg.backend)
+        return causal, two_sided_from_scans(causal, anticausal, xbar, k, q)
+
     def matrix_path(self, xbar, log_a, k, q, causal=None) -> torch.Tensor:
-        """(M o q k^T) xbar in windows of W tokens by two scans per window (TS.1): O(L).
+        """(M o q k^T) xbar in windows of W tokens by two scans per window (TS.1): O(L); with
+        `stack_scans` the windows' causal and anticausal scans are one call (TS.5).
 
         Args:
             xbar (b, L, h, p); log_a (b, L, h); k, q (b, L, h, N); causal: the causal scan of
@@ -236,7 +263,8 @@ class HSS(nn.Module):
         if self.cfg.matrix_causal:
             y = causal if causal is not None else ssd_causal_core(xbar, log_a, k, q, Q, backend)
         else:
-            y = ssd_two_sided_core(xbar, log_a, k, q, Q, backend, causal=causal)
+            y = ssd_two_sided_core(xbar, log_a, k, q, Q, backend, causal=causal,
+                                   stack=self.cfg.stack_scans)
         return unwindows(y, b, L) if L > size else y
 
     def matrix_path_materialised(self, xbar, log_a, k, q, causal=None) -> torch.Tensor:
@@ -265,15 +293,19 @@ class HSS(nn.Module):
 
     def cost(self, H: int, W: int) -> dict:
         """Sizes of one forward at grid H x W: tokens, directions, scanned tokens, scans per
-        direction, and the entries of the mask that the materialised matrix path would build
-        (per head, summed over directions)."""
+        direction, scan calls (the directions are folded into the batch of each call; with
+        `stack_scans` a causal-anticausal pair is one call, TS.5), and the entries of the mask
+        that the materialised matrix path would build (per head, summed over directions)."""
         L, K, size = H * W, self.scanner.num_directions, self.cfg.matrix_max_tokens
         recurrence, matrix = self.cfg.path_mode != "matrix", self.cfg.path_mode != "recurrence"
+        two_sided = matrix and not self.cfg.matrix_causal
         scans_per_direction = int(recurrence or (matrix and L <= size))  # the whole-sequence scan
         if matrix:  # a windowed causal scan when windows are cut; the anticausal one if two-sided
-            scans_per_direction += (L > size) + (not self.cfg.matrix_causal)
+            scans_per_direction += (L > size) + two_sided
         return {"tokens": L, "directions": K, "scanned_tokens": L * K,
-                "scans_per_direction": scans_per_direction, "matrix_window": min(L, size),
+                "scans_per_direction": scans_per_direction,
+                "scan_calls": scans_per_direction - (two_sided and self.cfg.stack_scans),
+                "matrix_window": min(L, size),
                 "matrix_entries": K * matrix_cost(L, size) if matrix else 0}
 
 

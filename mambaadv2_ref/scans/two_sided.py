@@ -22,6 +22,15 @@ kernel. That kernel takes (x, dt, A) and forms Xbar = dt x and a = dt A itself, 
 kept >= 1e-30 so that a zero decay (a = 0: padding) divides nothing by zero, which changes no
 float32 decay.
 
+Both scans are also one causal scan of twice the batch: the sequence and its reversal stacked,
+
+    [causal(Xbar); flip(anticausal(Xbar))] = causal([Xbar; flip(Xbar)], [a; a'],
+                                                   [B; flip(B)], [C; flip(C)])          (TS.5)
+
+([u; v]: concatenation along the batch), as each batch entry is scanned on its own: one call
+(one chain of small ops on the torch backend, one set of Triton launches on the kernel) instead
+of two, on twice the batch.
+
 Glossary (code name -> symbol): xbar (b, L, h, p) -> Xbar (input weighted per step, e.g.
 Delta x, or the trapezoid's scale x); log_a (b, L, h) -> a; B, C (b, L, g, N), g | h -> B_s,
 C_t (per group; g = h: per head); chunk_size -> Q of the chunked scan.
@@ -87,6 +96,27 @@ def ssd_anticausal_core(xbar, log_a, B, C, chunk_size: int,
     return y.flip(1)
 
 
+def ssd_causal_anticausal_core(xbar, log_a, B, C, chunk_size: int,
+                               backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """The causal (SSD.4) and anticausal (TS.2) scans of the same inputs in one causal-scan call.
+
+    Args:
+        as `ssd_causal_core`.
+    Returns:
+        causal, anticausal: y (b, L, h, p) each, equal to `ssd_causal_core` and
+        `ssd_anticausal_core` of the same arguments.
+    Implements: (TS.5): the inputs and their time-reversed copies (TS.3) stacked along the
+    batch, scanned once by `ssd_causal_core` (the kernel route included), split, the second half
+    flipped back.
+    """
+    stacked = ssd_causal_core(torch.cat([xbar, xbar.flip(1)]),
+                              torch.cat([log_a, reversed_log_decays(log_a)]),
+                              torch.cat([B, B.flip(1)]), torch.cat([C, C.flip(1)]),
+                              chunk_size, backend)
+    causal, reversed_anticausal = stacked.split(xbar.shape[0])
+    return causal, reversed_anticausal.flip(1)
+
+
 def diagonal_scores(B: torch.Tensor, C: torch.Tensor, heads: int) -> torch.Tensor:
     """The diagonal of C B^T per head: C_t . B_t.
 
@@ -98,19 +128,35 @@ def diagonal_scores(B: torch.Tensor, C: torch.Tensor, heads: int) -> torch.Tenso
     return (expand_groups(C, heads) * expand_groups(B, heads)).sum(-1)
 
 
+def two_sided_from_scans(causal, anticausal, xbar, B, C) -> torch.Tensor:
+    """The two-sided matrix form from its two scans: causal + anticausal - diag(C_t . B_t) Xbar.
+
+    Args:
+        causal, anticausal: the scans (b, L, h, p) of xbar (b, L, h, p) with B, C (b, L, g, N).
+    Returns:
+        y (b, L, h, p) in causal's dtype.
+    Implements: (TS.1).
+    """
+    diagonal = diagonal_scores(B, C, xbar.shape[2])[..., None] * xbar
+    return causal + anticausal - diagonal.to(causal.dtype)
+
+
 def ssd_two_sided_core(xbar, log_a, B, C, chunk_size: int, backend: str = "torch",
-                       causal: torch.Tensor | None = None) -> torch.Tensor:
+                       causal: torch.Tensor | None = None, stack: bool = True) -> torch.Tensor:
     """The two-sided matrix form (M o C B^T) Xbar of `ssd_matrix_core(causal=False)` in O(L).
 
     Args:
         as `ssd_causal_core`; causal: the causal scan of the same inputs when already computed
-            (it is then not recomputed).
+            (it is then not recomputed); stack: without `causal`, both scans in one call
+            (`ssd_causal_anticausal_core`, TS.5); False: two calls (the slow twin).
     Returns:
         y (b, L, h, p).
-    Implements: (TS.1).
+    Implements: (TS.1), its scans by (TS.5) or by (SSD.4) and (TS.3).
     """
-    if causal is None:
-        causal = ssd_causal_core(xbar, log_a, B, C, chunk_size, backend)
-    anticausal = ssd_anticausal_core(xbar, log_a, B, C, chunk_size, backend)
-    diagonal = diagonal_scores(B, C, xbar.shape[2])[..., None] * xbar
-    return causal + anticausal - diagonal.to(causal.dtype)
+    if causal is None and stack:
+        causal, anticausal = ssd_causal_anticausal_core(xbar, log_a, B, C, chunk_size, backend)
+    else:
+        if causal is None:
+            causal = ssd_causal_core(xbar, log_a, B, C, chunk_size, backend)
+        anticausal = ssd_anticausal_core(xbar, log_a, B, C, chunk_size, backend)
+    return two_sided_from_scans(causal, anticausal, xbar, B, C)

@@ -5,20 +5,29 @@ clipping, AdamW) and anomaly-map inference of one model; random weights and imag
 not depend on them). `speed_grid` runs it for every combination and stores images/s and peak
 memory; `plot_speed` draws one bar chart; `load_table` reads a committed speed.json back.
 
+`compare_setting` times the training step of one model under two values of a compute-only
+setting (`config.COMPUTE_SETTINGS`, e.g. `stack_scans`) in one run, on the same weights and
+images, the repetitions interleaved; `comparison_grid` runs it for several (profile, batch)
+cases and saves `<setting>_<cpu|gpu>.json`; `load_comparison_table` reads one back.
+
     python -m mambaadv2_ref.studies.speed --out runs/speed --profile paper
+    python -m mambaadv2_ref.studies.speed --out book/results --compare stack_scans \
+        --cases tiny:8,small:2,small:8 --repeats 10
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from mambaadv2_ref.blocks.hss import HSS
 from mambaadv2_ref.checkpoint import write_json
-from mambaadv2_ref.config import MODELS, PRECISIONS, get_profile
+from mambaadv2_ref.config import COMPUTE_SETTINGS, MODELS, PRECISIONS, get_profile, stage_sizes
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.recipe import make_optimizer
 from mambaadv2_ref.runtime import resolve_device, use_bf16
@@ -38,6 +47,11 @@ GRID_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # the grid names 
 TRAIN_DEFAULTS = TrainConfig(out="")  # the recipe's lr-independent settings (wd, clipping)
 # the mamba-ssm kernel each model's scan needs
 KERNEL_OF = {"mambaadv2": "mamba_ssm_ssd", "mambaad": "mamba_ssm_s6"}
+COMPARISON_NOTE = ("train.train_step (forward, loss, backward, clipping, AdamW) of two "
+                   "models with the same weights and images, one per value of the setting; one "
+                   "warm-up step each, then rounds of one step per value, the order alternating "
+                   "between rounds; ratio = median over rounds of step(values[1]) / "
+                   "step(values[0])")
 
 
 def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | None = None,
@@ -134,6 +148,124 @@ def speed_grid(profile: str, device: str = "auto", iters: int = 10,
     return rows
 
 
+def hss_scan_calls(net) -> int:
+    """Causal-scan calls of one forward pass through the decoder's HSS blocks at the model's
+    image size (`HSS.cost`; 0 for v1)."""
+    sizes = stage_sizes(net.config.image_size, len(net.decoder.stages))
+    return sum(m.cost(*size)["scan_calls"] for stage, size in zip(net.decoder.stages, sizes,
+                                                                  strict=True)
+               for m in stage.modules() if isinstance(m, HSS))
+
+
+def compare_setting(setting: str, values: tuple = (True, False), model: str = "mambaadv2",
+                    profile: str = "tiny", batch_size: int | None = None, device="auto",
+                    repeats: int = 10, overrides: dict | None = None,
+                    precision: str = "fp32") -> dict:
+    """Training-step time of one model under each value of a compute-only setting, in one run.
+
+    Both models are built with the same seed (the same weights: the setting changes how they
+    compute, not what) and step on the same random images with the recipe's optimizer
+    (`train.train_step`, under bf16 autocast by `precision` as in `bench_model`). After one
+    warm-up step each, every round times one step per value, the order alternating between
+    rounds (A B, B A, ...) so that the machine's drift (load, clocks) falls on every value
+    alike.
+
+    Args:
+        setting: a name in `config.COMPUTE_SETTINGS`. values: its two values, the first the
+            reference of the ratio. model, profile, batch_size (None: the profile's), device.
+        repeats: rounds. overrides: further ModelConfig fields for both models.
+        precision: "fp32", "bf16" or "auto" (`runtime.use_bf16`).
+    Returns:
+        dict with model, profile, setting, values, precision, image_size, batch_size, repeats,
+        step_s
+        {str(value): seconds of each round}, median_step_s {str(value)}, hss_scan_calls
+        {str(value): `hss_scan_calls`}, and ratio: the median over rounds of
+        step(values[1]) / step(values[0]) (> 1: the first value is faster).
+    """
+    if setting not in COMPUTE_SETTINGS:
+        raise ValueError(f"setting must be one of {list(COMPUTE_SETTINGS)} (the same weights "
+                         f"only compute the same function under those), got {setting!r}")
+    if len(values) != 2:
+        raise ValueError(f"values must be two values of {setting}, got {values!r}")
+    check_positive_int("repeats", repeats)
+    device = resolve_device(device)
+    bf16 = use_bf16(device, precision)
+    prof = get_profile(profile)
+    batch_size = check_positive_int("batch_size", batch_size or prof.batch_size)
+    steps = {}
+    for value in values:
+        torch.manual_seed(0)
+        net = build_model(model=model, profile=profile, pretrained=False,
+                          **{**(overrides or {}), setting: value}).to(device)
+        net.train()
+        optimizer = make_optimizer(net, prof.lr, TRAIN_DEFAULTS.weight_decay)
+        steps[value] = (net, optimizer)
+    size = steps[values[0]][0].config.image_size
+    images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    images = images.to(device)
+
+    def step(value) -> None:
+        net, optimizer = steps[value]
+        train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad, bf16)
+
+    times = {value: [] for value in values}
+    for value in values:
+        step(value)  # warm-up: allocation (and Triton compilation on a GPU)
+    for r in range(repeats):
+        for value in (values if r % 2 == 0 else values[::-1]):
+            times[value].append(seconds_per_call(lambda v=value: step(v), device, warmup=0,
+                                                 iters=1))
+    first, second = values
+    return {"model": model, "profile": profile, "setting": setting, "values": list(values),
+            "precision": "bf16" if bf16 else "fp32", "device": str(device),
+            "image_size": size, "batch_size": batch_size,
+            "repeats": repeats, "step_s": {str(v): t for v, t in times.items()},
+            "median_step_s": {str(v): statistics.median(t) for v, t in times.items()},
+            "hss_scan_calls": {str(v): hss_scan_calls(net) for v, (net, _) in steps.items()},
+            "ratio": statistics.median(b / a for a, b in zip(times[first], times[second],
+                                                              strict=True))}
+
+
+def comparison_grid(setting: str, cases: list[tuple[str, int]], values: tuple = (True, False),
+                    device="auto", repeats: int = 10, out_json: Path | None = None,
+                    overrides: dict | None = None, precision: str = "fp32") -> dict:
+    """`compare_setting` for every (profile, batch) case (with `overrides` and `precision`);
+    with `out_json` the JSON (environment, setting, rows) is saved after each case, so a run cut
+    short keeps what it measured."""
+    device = resolve_device(device)
+    result = {"environment": environment(device), "setting": setting, "values": list(values),
+              "note": COMPARISON_NOTE,
+              "rows": []}
+    for profile, batch_size in cases:
+        row = compare_setting(setting, values, profile=profile, batch_size=batch_size,
+                              device=device, repeats=repeats, overrides=overrides,
+                              precision=precision)
+        result["rows"].append(row)
+        if out_json is not None:
+            write_json(out_json, result)
+        ms = {v: f"{1e3 * t:.0f} ms" for v, t in row["median_step_s"].items()}
+        print(f"{profile} batch {batch_size}: {setting} {ms}, step({values[1]}) / "
+              f"step({values[0]}) = {row['ratio']:.3f} (median of {repeats} paired rounds)",
+              flush=True)
+    return result
+
+
+def load_comparison_table(path) -> list[dict]:
+    """One row per case of a committed `comparison_grid` JSON: profile, batch, image size, the
+    median step in ms and the HSS scan calls of a forward pass per value, and the paired
+    ratio."""
+    data = read_json(path)
+    rows = []
+    for r in data["rows"]:
+        row = {"profile": r["profile"], "batch": r["batch_size"], "image_size": r["image_size"]}
+        row.update({f"{data['setting']}={v} ms": 1e3 * t for v, t in r["median_step_s"].items()})
+        row.update({f"{data['setting']}={v} scan calls": n
+                    for v, n in r.get("hss_scan_calls", {}).items()})
+        row["ratio"] = r["ratio"]
+        rows.append(row)
+    return rows
+
+
 def load_table(path) -> list[dict]:
     """The rows of a committed speed.json, one per measured (model, backend, precision): model,
     backend, precision, train / infer images/s, train peak GiB, batch; skipped or failed
@@ -182,7 +314,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default=None)
     parser.add_argument("--no-plot", action="store_true", help="JSON only (no matplotlib)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma list of models")
+    parser.add_argument("--compare", default=None, metavar="SETTING",
+                        help="instead of the grid: compare_setting of this compute-only "
+                             "setting, True against False, saved as <out>/SETTING_<cpu|gpu>.json")
+    parser.add_argument("--cases", default="tiny:8,small:2",
+                        help="with --compare: comma list of profile:batch")
+    parser.add_argument("--repeats", type=int, default=10, help="with --compare: rounds")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="with --compare: training precision")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare:
+        cases = [(name, int(batch)) for name, batch in
+                 (case.split(":") for case in args.cases.split(","))]
+        device = resolve_device(args.device)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        kind = "gpu" if device.type == "cuda" else "cpu"
+        out_json = Path(args.out) / f"{args.compare}_{kind}.json"
+        comparison_grid(args.compare, cases, device=device, repeats=args.repeats,
+                        out_json=out_json, precision=args.precision)
+        print(f"saved {out_json}")
+        return 0
     models = tuple(args.models.split(","))
     if set(models) - set(MODELS):
         parser.error(f"--models: unknown {sorted(set(models) - set(MODELS))}; choose from "
