@@ -358,8 +358,11 @@ def test_hss_cost_reports_windowed_matrix():
     assert cost["matrix_entries"] == 8 * 256 * 64
     # whole-sequence causal scan, windowed causal scan, windowed anticausal scan
     assert cost["scans_per_direction"] == 3 and hss.cost(8, 8)["scans_per_direction"] == 2
+    assert cost["scan_calls"] == 3  # stack_scans off by default: one call per scan
     # stacked: the windowed pair in one call; one call for both paths when L <= W
-    assert cost["scan_calls"] == 2 and hss.cost(8, 8)["scan_calls"] == 1
+    stacked = HSS(16, StagePlan("hilbert", 8), block_config(headdim=8, matrix_max_tokens=64,
+                                                            stack_scans=True))
+    assert stacked.cost(16, 16)["scan_calls"] == 2 and stacked.cost(8, 8)["scan_calls"] == 1
     recurrence = HSS(16, PLAN2, block_config(headdim=8, path_mode="recurrence")).cost(4, 4)
     assert recurrence["matrix_entries"] == 0 and recurrence["scans_per_direction"] == 1
 

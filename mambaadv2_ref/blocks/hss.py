@@ -21,12 +21,12 @@ following Mamba-2/3 and MambaAD's SS2D (book appendix A.2.2):
 How (6) is computed: the two-sided mask is causal below the diagonal and mirrored above, so
 (M o q k^T) xbar = causal scan + anticausal scan - diagonal (`scans.two_sided`, eq. TS.1): two
 linear scans per window instead of a (window x window) matrix. Both paths then share one set of
-inputs and, when the sequence fits in one window, the causal scan itself. The causal and the
-anticausal scan of the same inputs run as one scan call, the sequence and its reversal stacked
-along the batch (TS.5): one call for both paths when L <= W, one for the windowed pair when
-L > W (beside the whole-sequence causal scan of (5)). The slow twins: `stack_scans=False` (one
-call per scan) and the materialised matrix of chapter 7 (`matrix_impl="materialised"`), each
-the same function.
+inputs and, when the sequence fits in one window, the causal scan itself. With `stack_scans`
+the causal and the anticausal scan of the same inputs run as one scan call, the sequence and its
+reversal stacked along the batch (TS.5): one call for both paths when L <= W, one for the
+windowed pair when L > W (beside the whole-sequence causal scan of (5)); off by default (slower
+on CPUs, not yet timed on GPUs). The slow twins: one call per scan, and the materialised matrix
+of chapter 7 (`matrix_impl="materialised"`), each the same function.
 
 Choices we made (the paper body is not public):
 - A is a learned scalar per head (Mamba-2's A_log), not Mamba-3's data-dependent A_t: both paths

@@ -142,7 +142,7 @@ def two_sided_from_scans(causal, anticausal, xbar, B, C) -> torch.Tensor:
 
 
 def ssd_two_sided_core(xbar, log_a, B, C, chunk_size: int, backend: str = "torch",
-                       causal: torch.Tensor | None = None, stack: bool = True) -> torch.Tensor:
+                       causal: torch.Tensor | None = None, stack: bool = False) -> torch.Tensor:
     """The two-sided matrix form (M o C B^T) Xbar of `ssd_matrix_core(causal=False)` in O(L).
 
     Args:
