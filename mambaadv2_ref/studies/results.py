@@ -3,9 +3,9 @@ machine, how they are read back and shown as a markdown table.
 
 The studies write JSON (with date and hardware); the book reads the committed copies in
 `book/results/` of the repository (`RESULTS_DIR`), and its trained detectors, exported files
-(`model.export`), in `book/detectors/` (`DETECTORS_DIR`, `committed_detector`). Every study exports a `load_table(path)` that
-turns its JSON into rows (a list of flat dicts), and `tables.markdown_table(rows)` renders any
-of them.
+(`model.export`), in `book/detectors/` (`DETECTORS_DIR`, `committed_detector`). Every study
+exports a `load_table(path)` that turns its JSON into rows (a list of flat dicts), and
+`tables.markdown_table(rows)` renders any of them.
 """
 
 from __future__ import annotations
