@@ -76,3 +76,11 @@ def test_fit_options_leave_out_the_scoring_fields():
     assert study.fit_options(study.ANOMALIB) == {"pool_include_pad": True,
                                                  "projection": "sparse_jl", "jl_eps": 0.9}
     assert study.fit_options(study.VARIANTS["reweighted"]) == {}
+
+
+def test_anomalib_reference_reads_the_committed_peers_row():
+    ref = study.anomalib_reference("bsdata", "efficientnet_lite0", 256)
+    assert ref["coreset_ratio"] == 0.01 and ref["anomalib"] == "2.7.0"
+    assert ref["metrics"]["I-AUROC"] == pytest.approx(92.8, abs=0.05)
+    assert study.anomalib_reference("bsdata", "efficientnet_lite0", 128) is None
+    assert study.anomalib_reference("nope", "efficientnet_lite0", 256) is None

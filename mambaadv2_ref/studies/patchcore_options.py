@@ -11,6 +11,10 @@ plausible ways; each is an option of `PatchCoreConfig` (module docstring of
     pool_include_pad=True      the 3x3 average counts the zero padding at the border
     projection="sparse_jl"     very sparse projection to the Johnson-Lindenstrauss dimension
 
+plus all of them together ("all_anomalib"), all but the projection ("all_but_sparse_jl": it
+shares the `pool_include_pad` bank) and today's defaults with another coreset seed
+("defaults_seed1": how much a different projection and start point alone move the numbers).
+
 The study fits our PatchCore (`train.train`, the same call as `python -m mambaadv2_ref train
 --model patchcore --profile paper`) once per distinct memory bank: only `pool_include_pad` and
 `projection` change what the bank holds, the scoring options do not. For each bank it runs the
@@ -41,7 +45,7 @@ from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.metrics import aggregate, compute_metrics
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.model.patchcore import PatchCoreConfig
-from mambaadv2_ref.studies.results import environment, read_json
+from mambaadv2_ref.studies.results import RESULTS_DIR, environment, read_json
 from mambaadv2_ref.tables import markdown_table
 from mambaadv2_ref.train import TrainConfig, train
 
@@ -60,6 +64,8 @@ VARIANTS = {
     "pool_include_pad": {"pool_include_pad": True},
     "sparse_jl": {"projection": "sparse_jl", "jl_eps": 0.9},
     "all_anomalib": ANOMALIB,
+    "all_but_sparse_jl": {k: v for k, v in ANOMALIB.items() if k not in ("projection", "jl_eps")},
+    "defaults_seed1": {"seed": 1},  # another projection and start point: the seed's spread
 }
 
 
@@ -176,6 +182,23 @@ def run_study(data: str, out: Path, variants: dict[str, dict], encoder: str = "e
     return rows
 
 
+def anomalib_reference(dataset: str, encoder: str, image_size: int,
+                       results_dir: Path | None = None) -> dict | None:
+    """anomalib's PatchCore row of the committed peers study (`peers_<dataset>_cpu.json`) for
+    `encoder` at `image_size`: {"metrics" (percent), "anomalib", "coreset_ratio", "file"}, or
+    None when that file or row is missing."""
+    path = (results_dir or RESULTS_DIR) / f"peers_{dataset}_cpu.json"
+    if not path.is_file():
+        return None
+    peers = read_json(path)
+    for row in peers["rows"]:
+        if (row["peer"], row["encoder"], row["image_size"]) == ("anomalib patchcore", encoder,
+                                                                image_size):
+            return {"metrics": row["metrics"], "anomalib": peers.get("anomalib"),
+                    "coreset_ratio": row["runs"][0].get("coreset_ratio"), "file": path.name}
+    return None
+
+
 def in_order(rows: list[dict]) -> list[dict]:
     """`rows` sorted in VARIANTS order (unknown variants last)."""
     order = {n: i for i, n in enumerate(VARIANTS)}
@@ -227,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     result["environments"].update({n: env for n in names})
     result.update(dataset=Path(args.data).name, encoder=args.encoder,
                   image_size=args.image_size, coreset_ratio=args.coreset_ratio,
-                  environment=env)
+                  environment=env, anomalib_patchcore=anomalib_reference(
+                      Path(args.data).name, args.encoder, args.image_size))
     write_json(path, result)
     print(markdown(in_order(result["rows"])))
     return 0
