@@ -13,7 +13,8 @@ plausible ways; each is an option of `PatchCoreConfig` (module docstring of
 
 plus all of them together ("all_anomalib"), all but the projection ("all_but_sparse_jl": it
 shares the `pool_include_pad` bank) and today's defaults with another coreset seed
-("defaults_seed1": how much a different projection and start point alone move the numbers).
+("defaults_seed1": how much a different projection and start point alone move the numbers;
+"pool_include_pad_seed1": whether the padding's effect outlasts that spread).
 
 The study fits our PatchCore (`train.train`, the same call as `python -m mambaadv2_ref train
 --model patchcore --profile paper`) once per distinct memory bank: only `pool_include_pad` and
@@ -66,6 +67,7 @@ VARIANTS = {
     "all_anomalib": ANOMALIB,
     "all_but_sparse_jl": {k: v for k, v in ANOMALIB.items() if k not in ("projection", "jl_eps")},
     "defaults_seed1": {"seed": 1},  # another projection and start point: the seed's spread
+    "pool_include_pad_seed1": {"pool_include_pad": True, "seed": 1},
 }
 
 
