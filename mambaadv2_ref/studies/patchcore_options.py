@@ -12,7 +12,8 @@ plausible ways; each is an option of `PatchCoreConfig` (module docstring of
     projection="sparse_jl"     very sparse projection to the Johnson-Lindenstrauss dimension
 
 plus all of them together ("all_anomalib"), all but the projection ("all_but_sparse_jl": it
-shares the `pool_include_pad` bank) and today's defaults with another coreset seed
+shares the `pool_include_pad` bank), each scoring option on that bank ("pad_*") and today's
+defaults with another coreset seed
 ("defaults_seed1": how much a different projection and start point alone move the numbers;
 "pool_include_pad_seed1": whether the padding's effect outlasts that spread).
 
@@ -66,6 +67,10 @@ VARIANTS = {
     "sparse_jl": {"projection": "sparse_jl", "jl_eps": 0.9},
     "all_anomalib": ANOMALIB,
     "all_but_sparse_jl": {k: v for k, v in ANOMALIB.items() if k not in ("projection", "jl_eps")},
+    # each scoring option on the pool_include_pad bank (the one option that changes much)
+    "pad_reweighted": {"pool_include_pad": True, "image_score": "reweighted", "num_neighbors": 9},
+    "pad_nearest_upsample": {"pool_include_pad": True, "map_upsample": "nearest"},
+    "pad_mirror_blur": {"pool_include_pad": True, "blur_mode": "mirror"},
     "defaults_seed1": {"seed": 1},  # another projection and start point: the seed's spread
     "pool_include_pad_seed1": {"pool_include_pad": True, "seed": 1},
 }
