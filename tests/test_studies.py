@@ -9,7 +9,7 @@ import torch
 from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.model.factory import build_model
-from mambaadv2_ref.studies import ablations, scaling, speed
+from mambaadv2_ref.studies import ablations, patchcore_options, scaling, speed
 from mambaadv2_ref.timing import saved_for_backward_bytes, seconds_per_call
 
 TINY_MODEL = ["--set", "image_size=64", "--set", "batch_size=2", "--set", "pretrained=False"]
@@ -142,6 +142,7 @@ def test_comparison_grid_times_both_values_interleaved(tmp_path):
     (speed.load_comparison_table, "stack_scans_cpu.json", "ratio"),
     (scaling.load_table, "scaling_paper_gpu.json", "tokens"),
     (ablations.load_table, "ablations_embedded_tiny_cpu.json", "mAD"),
+    (patchcore_options.load_table, "patchcore_options_bsdata_cpu.json", "AUPRO"),
     ("scan_bench", "scan_bench_cpu.json", "method"),
     ("pipeline_results", "pipeline_results.json", "AUPRO"),
     ("collect_gpu", "gpu_training.json", "world_size"),

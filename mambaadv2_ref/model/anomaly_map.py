@@ -59,12 +59,26 @@ def _reflect_index(n: int, radius: int, device) -> torch.Tensor:
     return torch.where(idx >= n, 2 * n - 1 - idx, idx)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian smoothing matching `scipy.ndimage.gaussian_filter(mode='reflect')`.
+def _mirror_index(n: int, radius: int, device) -> torch.Tensor:
+    """Indices of a length-n axis (n >= 2) padded by `radius` in scipy's 'mirror' mode
+    (d c b | a b c d: the edge sample is not repeated), which is torch's `F.pad(mode='reflect')`
+    and kornia's / anomalib's 'reflect' border."""
+    idx = torch.arange(-radius, n + radius, device=device) % (2 * n - 2)
+    return torch.where(idx >= n, 2 * n - 2 - idx, idx)
+
+
+BLUR_MODES = ("reflect", "mirror")
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0,
+                  mode: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian smoothing matching `scipy.ndimage.gaussian_filter(mode=mode)`.
 
     Args:
         maps: (B, H, W).
         sigma, truncate: as scipy (radius = int(truncate * sigma + 0.5)).
+        mode: border, in scipy's names: "reflect" (d c b a | a b c d, the default) or "mirror"
+            (d c b | a b c d; torch's and kornia's "reflect", used by anomalib).
 
     Returns:
         (B, H, W) smoothed maps.
@@ -73,11 +87,16 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0)
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
+    if mode not in BLUR_MODES:
+        raise ValueError(f"mode must be one of {BLUR_MODES}, got {mode!r}")
+    if mode == "mirror" and min(maps.shape[-2:]) < 2:
+        raise ValueError(f"mode 'mirror' needs maps of at least 2 x 2, got {tuple(maps.shape)}")
+    pad = _reflect_index if mode == "reflect" else _mirror_index
     w = gaussian_kernel1d(sigma, truncate, maps.dtype).to(maps.device)
     radius = (w.numel() - 1) // 2
     B, H, W = maps.shape
-    x = maps[:, _reflect_index(H, radius, maps.device)]  # (B, H + 2r, W)
-    x = x[:, :, _reflect_index(W, radius, maps.device)]  # (B, H + 2r, W + 2r)
+    x = maps[:, pad(H, radius, maps.device)]  # (B, H + 2r, W)
+    x = x[:, :, pad(W, radius, maps.device)]  # (B, H + 2r, W + 2r)
     x = F.conv2d(x[:, None], w.view(1, 1, -1, 1))  # along H
     x = F.conv2d(x, w.view(1, 1, 1, -1))  # along W
     return x[:, 0]

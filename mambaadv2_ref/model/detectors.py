@@ -64,7 +64,8 @@ def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
     """
     stored = dict(meta["model_config"])
     name = meta["model"]
-    if name == "patchcore":
+    if name == "patchcore":  # a config stored before an option existed: that option's default
+        stored = PatchCoreConfig.complete(stored)
         fixed = {}
         rest = stored
     else:
@@ -73,7 +74,8 @@ def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
         rest = {k: v for k, v in stored.items() if k != "pretrained"}
     model = build_detector(name, profile=fixed.get("profile", "tiny"),
                            encoder=fixed.get("encoder"), pretrained=pretrained, overrides=rest)
-    diff = [d for d in model_config_diff(meta["model_config"], model.config.to_dict())
+    reference = stored if name == "patchcore" else meta["model_config"]
+    diff = [d for d in model_config_diff(reference, model.config.to_dict())
             if not d.startswith("pretrained:")]
     if diff:
         raise ValueError(f"the model rebuilt from {source} differs from its stored config: "
