@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,8 +239,6 @@ def save_snapshot(run_dir) -> Path:
         try:
             os.link(source, tmp)
         except OSError:  # another file system, or no hard links: a copy
-            import shutil
-
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
     write_json(snap / MANIFEST, {**meta, "optimizer": None, "snapshot_of": str(run_dir),

@@ -20,11 +20,11 @@ import shutil
 from pathlib import Path
 
 from mambaadv2_ref.checkpoint import write_json
-from mambaadv2_ref.evaluate import METRIC_KEYS
 from mambaadv2_ref.studies.gpu_sitting import SPEED_ROWS
 from mambaadv2_ref.studies.results import read_json
 from mambaadv2_ref.studies.scaling import plot_scaling
 from mambaadv2_ref.studies.speed import plot_speed
+from mambaadv2_ref.studies.training_curves import epochs_at, percent, run_info
 
 PRINTED_ROW = re.compile(r"^(?P<label>.+): train (?P<train>[\d.]+) img/s, infer (?P<infer>[\d.]+)"
                          r" img/s, peak (?P<peak>[\d.]+) GiB, first step (?P<first>[\d.]+) s$")
@@ -77,21 +77,15 @@ def collect_speed(folder: Path, results: Path) -> None:
 
 def training_row(record: dict, command: str) -> dict:
     """One row of training_snapshots_gpu.json from a train_RUN.json record."""
-    args, train = record["args"], record.get("train") or {}
-    config = record.get("model_config") or {}
-    metrics = (record.get("metrics") or {}).get("mean", {})
-    return {"run": record["name"], "command": command,
-            "dataset": "bsdata" if "--data" in args else "embedded",
-            "model": args[args.index("--model") + 1], "profile": config.get("profile"),
-            "encoder": config.get("encoder"), "seed": train.get("seed"),
-            "steps": record.get("step"), "schedule_steps": train.get("num_steps"),
-            "epochs": None if not train.get("num_steps") else round(
-                record["step"] * train["batch_size"] / train["num_train_images"], 1),
-            "device_name": record["environment"].get("gpu"),
-            "train_s": record.get("train_seconds"),
-            "metrics": {k: None if metrics.get(k) is None else 100 * metrics[k]
-                        for k in METRIC_KEYS},
-            "date": record["environment"].get("date")}
+    info, train = run_info(record), record.get("train") or {}
+    return {"run": info["run"], "command": command, "dataset": info["dataset"],
+            "model": info["model"], "profile": (record.get("model_config") or {}).get("profile"),
+            "encoder": info["encoder"], "seed": info["seed"],
+            "steps": record.get("step"), "schedule_steps": info["schedule_steps"],
+            "epochs": epochs_at(record["step"], train) if train.get("num_steps") else None,
+            "device_name": info["device_name"], "train_s": record.get("train_seconds"),
+            "metrics": percent((record.get("metrics") or {}).get("mean", {})),
+            "date": info["date"]}
 
 
 def load_table(path) -> list[dict]:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from mambaadv2_ref.checkpoint import MANIFEST, write_json
+from mambaadv2_ref.checkpoint import MANIFEST, list_snapshots, write_json
 from mambaadv2_ref.studies.results import environment
 
 # label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px, fp32/bf16
@@ -169,6 +169,13 @@ def scaling(out: Path, deadline: float) -> None:
             print(rows[-1], flush=True)
 
 
+def start_evaluation(run_dir: Path, log) -> subprocess.Popen:
+    """`evaluate --run RUN_DIR` (a run or one of its snapshots) in a subprocess, output to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run",
+                             str(run_dir), "--batch-size", "16"], stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
 class SnapshotEvaluator:
     """Evaluates the runs' snapshots (RUN/snapshots/stepN, `train --set snapshot_every=N`) in
     subprocesses (`workers` at a time) while the runs train, oldest step first, so that a
@@ -181,8 +188,6 @@ class SnapshotEvaluator:
 
     def pending(self) -> list[Path]:
         """Snapshots without metrics.json, not being nor failed evaluated, by step then run."""
-        from mambaadv2_ref.checkpoint import list_snapshots
-
         todo = [snap for name in self.names for snap in list_snapshots(self.root / name)
                 if not (snap / "metrics.json").exists() and snap not in self.failed
                 and snap not in self.running]
@@ -198,9 +203,7 @@ class SnapshotEvaluator:
                 del self.running[snap]
         for snap in self.pending()[:max(0, self.workers - len(self.running))]:
             log = open(self.out / "log_snapshots.txt", "a")  # noqa: SIM115 (closed in poll)
-            self.running[snap] = (subprocess.Popen(
-                [sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run", str(snap),
-                 "--batch-size", "16"], stdout=log, stderr=subprocess.STDOUT), log)
+            self.running[snap] = (start_evaluation(snap, log), log)
 
     def drain(self, deadline: float) -> None:
         """Evaluate the snapshots still pending until `deadline` (time.monotonic)."""
@@ -224,8 +227,6 @@ class SnapshotEvaluator:
 
 def snapshot_curve(run_dir: Path) -> list[dict]:
     """[{step, mean metrics}] of the run's evaluated snapshots: the metric-vs-steps curve."""
-    from mambaadv2_ref.checkpoint import list_snapshots
-
     curve = []
     for snap in list_snapshots(run_dir):
         if (snap / "metrics.json").exists():
@@ -266,10 +267,9 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         log.close()
-    evaluations = {run["name"]: subprocess.Popen(
-        [sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run", str(root / run["name"]),
-         "--batch-size", "16"], stdout=open(out / f"log_{run['name']}.txt", "a"),  # noqa: SIM115
-        stderr=subprocess.STDOUT) for run in runs if (root / run["name"] / MANIFEST).exists()}
+    evaluations = {run["name"]: start_evaluation(
+        root / run["name"], open(out / f"log_{run['name']}.txt", "a"))  # noqa: SIM115
+        for run in runs if (root / run["name"] / MANIFEST).exists()}
     for name, p in evaluations.items():
         try:
             p.wait(timeout=max(5.0, deadline - time.monotonic()))

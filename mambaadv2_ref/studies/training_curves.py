@@ -49,7 +49,8 @@ def merge_records(folders: list[Path]) -> dict[str, dict]:
     return runs
 
 
-def _percent(mean: dict) -> dict:
+def percent(mean: dict) -> dict:
+    """The metrics of `mean` (fractions) in percent, None where missing."""
     return {k: None if mean.get(k) is None else 100 * mean[k] for k in METRIC_KEYS}
 
 
@@ -59,7 +60,8 @@ def run_info(record: dict) -> dict:
     config = record.get("model_config") or {}
     return {"run": record["name"], "dataset": "bsdata" if "--data" in args else "embedded",
             "model": args[args.index("--model") + 1],
-            "profile": config.get("profile") or args[args.index("--profile") + 1],
+            "profile": config.get("profile") or (
+                args[args.index("--profile") + 1] if "--profile" in args else None),
             "encoder": config.get("encoder"), "seed": train.get("seed"),
             "schedule_steps": train.get("num_steps"), "steps_done": record.get("step"),
             "num_train_images": train.get("num_train_images"),
@@ -68,7 +70,8 @@ def run_info(record: dict) -> dict:
             "date": record["environment"].get("date")}
 
 
-def _epochs(step: int, train: dict) -> float | None:
+def epochs_at(step: int, train: dict) -> float | None:
+    """Epochs done after `step` steps of a run's `train` settings (None without its data size)."""
     if not train.get("num_train_images"):
         return None
     return round(step * train["batch_size"] / train["num_train_images"], 1)
@@ -80,9 +83,9 @@ def curve_rows(record: dict) -> list[dict]:
     if info["model"] == "patchcore":
         metrics = (record.get("metrics") or {}).get("mean")
         return [] if metrics is None else [{**info, "step": 0, "epochs": None,
-                                            "metrics": _percent(metrics)}]
-    return [{**info, "step": p["step"], "epochs": _epochs(p["step"], train),
-             "metrics": _percent(p["mean"])} for p in record.get("curve", [])]
+                                            "metrics": percent(metrics)}]
+    return [{**info, "step": p["step"], "epochs": epochs_at(p["step"], train),
+             "metrics": percent(p["mean"])} for p in record.get("curve", [])]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -109,8 +112,8 @@ def converged_row(record: dict) -> dict | None:
     if info["model"] == "patchcore" or metrics is None or record["step"] != train.get(
             "num_steps"):
         return None
-    return {**info, "steps": record["step"], "epochs": _epochs(record["step"], train),
-            "train_s": record.get("train_seconds"), "metrics": _percent(metrics)}
+    return {**info, "steps": record["step"], "epochs": epochs_at(record["step"], train),
+            "train_s": record.get("train_seconds"), "metrics": percent(metrics)}
 
 
 def plot_curves(summary: list[dict], title: str, metrics=PLOTTED) -> Figure:
@@ -148,6 +151,7 @@ def collect(folders: list[Path], results: Path, note: str = "") -> list[Path]:
         note: how the runs were made (machine sharing, stops), appended to each file's notes.
     """
     runs = merge_records(folders)
+    results.mkdir(parents=True, exist_ok=True)
     by_group: dict[tuple, list[dict]] = {}
     for record in runs.values():
         info = run_info(record)
