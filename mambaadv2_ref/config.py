@@ -34,11 +34,13 @@ MODELS = ("mambaadv2", "mambaad")  # the state space detectors (ModelConfig.mode
 DETECTORS = (*MODELS, "patchcore")  # everything train / evaluate / predict accept
 PATH_MODES = ("sum", "gate", "recurrence", "matrix")  # the HSS block's dual paths
 MATRIX_IMPLS = ("scan", "materialised")  # how the HSS matrix path is computed (same function)
+# torch.compile of each HSS mixer (same function): off, or a torch.compile mode
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 PRECISIONS = ("auto", "bf16", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
 COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl",
-                    "stack_scans")
+                    "stack_scans", "compile_mixer")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 
@@ -141,6 +143,11 @@ class ModelConfig:
             TS.5); False (the default): one call per scan, the obviously-correct twin and,
             measured, faster on CPUs (`book/results/stack_scans_cpu.json`); the stacked
             route is for the launch-bound GPU step, not yet timed there.
+        compile_mixer: "off" (eager PyTorch, the obviously-correct twin) or a `torch.compile`
+            mode for every HSS mixer (eqs. 1-8 without the residual): "default" fuses the many
+            small elementwise kernels of the launch-bound GPU step, "reduce-overhead" also
+            replays them as CUDA graphs. The same function (tested forward and backward); the
+            first step compiles (minutes at the paper profile, cached on disk).
         checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
@@ -173,6 +180,7 @@ class ModelConfig:
     matrix_max_tokens: int = 1024
     matrix_impl: str = "scan"
     stack_scans: bool = False
+    compile_mixer: str = "off"
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
     position_aware: bool = True
@@ -195,6 +203,10 @@ class ModelConfig:
         _one_of("path_mode", self.path_mode, PATH_MODES)
         _one_of("backend", self.backend, BACKENDS)
         _one_of("matrix_impl", self.matrix_impl, MATRIX_IMPLS)
+        _one_of("compile_mixer", self.compile_mixer, COMPILE_MODES)
+        if self.model == "mambaad" and self.compile_mixer != "off":
+            raise ValueError(f"compile_mixer={self.compile_mixer!r} compiles MambaADv2's HSS "
+                             "mixers; MambaAD (v1) has none: leave it 'off'")
         if len(self.dims) != len(self.depths) or len(self.dims) != 4:
             raise ValueError(f"dims and depths must have 4 stages each, got dims={self.dims}, "
                              f"depths={self.depths}")

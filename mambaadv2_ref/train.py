@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mambaadv2_ref.blocks.compiled import compile_notice
 from mambaadv2_ref.checkpoint import (
     MANIFEST,
     load_checkpoint,
@@ -209,6 +210,9 @@ def train(cfg: TrainConfig) -> dict:
     snapshot_every = cfg.snapshot_every
     seconds_between = 60.0 * cfg.checkpoint_minutes
     model.train()
+    notice = compile_notice(model.config)
+    if notice and rank == 0:
+        print(notice, flush=True)
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc=f"train {cfg.model}")
     t_run = t_window = t_saved = time.perf_counter()
     saved, logged = (start if resuming else None), start

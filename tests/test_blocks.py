@@ -15,6 +15,7 @@ from conftest import skip_unless_kernel
 
 from mambaadv2_ref import scans
 from mambaadv2_ref.blocks.common import DirectionScanner, PatchExpand, drop_path_rates
+from mambaadv2_ref.blocks.compiled import compile_mixer
 from mambaadv2_ref.blocks.dss import DSSModule
 from mambaadv2_ref.blocks.freq_conv import FrequencyEnhancedConv, fft_filter, sample_filter
 from mambaadv2_ref.blocks.hss import HSS, HSSBlock
@@ -282,6 +283,33 @@ def test_hss_stacked_scans_equal_separate_calls(settings):
     assert len(outputs[0]) == len(outputs[1])
     for a, b in zip(*outputs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_hss_equals_eager():
+    """compile_mixer: the HSS mixer under torch.compile (`blocks.compiled`) gives the eager
+    block's output and gradients (input and every parameter), in float64, on windows of 7 of
+    the 30 tokens with the matrix path recomputed in the backward pass (checkpoint_matrix)."""
+    outputs = []
+    for mode in ("default", "off"):
+        hss = make_hss(seed=5, matrix_max_tokens=7, checkpoint_matrix=True)
+        if mode != "off":
+            hss.scanner.orders(5, 6, torch.device("cpu"))  # as HSSBlock does, outside the graph
+            compile_mixer(hss, mode)
+        u = torch.randn(2, 5, 6, 16, dtype=torch.float64, generator=seeded(6), requires_grad=True)
+        y = hss(u)
+        y.square().sum().backward()
+        outputs.append([y, u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)])
+    assert len(outputs[0]) == len(outputs[1])
+    for a, b in zip(*outputs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_compile_mixer_is_a_named_setting():
+    """compile_mixer takes 'off' or a torch.compile mode, and is refused for v1 (no HSS)."""
+    with pytest.raises(ValueError, match="compile_mixer must be one of"):
+        block_config(compile_mixer="fast")
+    with pytest.raises(ValueError, match="MambaAD .v1. has none"):
+        ModelConfig(model="mambaad", compile_mixer="default")
 
 
 @pytest.mark.parametrize("settings", [

@@ -58,3 +58,20 @@ def test_sitting_trains_resumes_and_scores_the_snapshots_along_the_way(tmp_path,
     assert rec["step"] == 4 and rec["metrics"]["run"]["step"] == 4  # resumed (else refused)
     assert [p["step"] for p in rec["curve"]] == [2, 4]
     assert set(rec["curve"][1]["mean"]) >= {"I-AUROC", "P-AUROC", "AUPRO"}
+
+
+def test_speed_rows_are_selected_by_prefixes_in_their_order():
+    """`gpu_sitting speed --prefix A,B` benches A's rows, then B's; every row names a
+    buildable config; an unknown prefix is an error naming the rows."""
+    import pytest
+
+    from mambaadv2_ref.config import preset
+    from mambaadv2_ref.studies.gpu_sitting import SPEED_ROWS, select_rows
+
+    labels = select_rows("v2 compiled decay_deep torch fp32,v1 mamba_ssm fp32")
+    assert labels[0] == "v2 compiled decay_deep torch fp32" and labels[-1] == "v1 mamba_ssm fp32"
+    assert select_rows("") == list(SPEED_ROWS)
+    for model, backend, _, overrides in SPEED_ROWS.values():
+        preset("paper", model=model, backend=backend, **overrides)
+    with pytest.raises(ValueError, match="selects no row"):
+        select_rows("v3")

@@ -54,6 +54,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mambaadv2_ref.blocks.common import DirectionScanner, DropPath
+from mambaadv2_ref.blocks.compiled import compile_mixer
 from mambaadv2_ref.blocks.norms import RMSNorm, RMSNormGated
 from mambaadv2_ref.blocks.ss2d import dt_bias_init
 from mambaadv2_ref.config import MATRIX_IMPLS, PATH_MODES
@@ -312,7 +313,8 @@ class HSS(nn.Module):
 class HSSBlock(nn.Module):
     """HSS block with its residual: x + DropPath(HSS(LayerNorm(x))) (eq. 8); with
     `cfg.checkpoint_block` the whole block is recomputed in the backward pass (it keeps only
-    its input: same values and gradients, one more forward).
+    its input: same values and gradients, one more forward); with `cfg.compile_mixer` the HSS
+    mixer runs compiled (`blocks.compiled`; the residual and DropPath stay eager).
 
     Args:
         dim: C.  plan: StagePlan.  cfg: the model config (see HSS).  drop_path: rate.
@@ -323,6 +325,8 @@ class HSSBlock(nn.Module):
         self.checkpointed = cfg.checkpoint_block
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.hss = HSS(dim, plan, cfg)
+        if cfg.compile_mixer != "off":
+            compile_mixer(self.hss, cfg.compile_mixer)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -331,4 +335,7 @@ class HSSBlock(nn.Module):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """x + DropPath(HSS(LayerNorm(x))) (eq. 8)."""
+        # the scan orders of this grid are built (once) here, eagerly: a compiled mixer then
+        # reads them from the scanner's cache instead of tracing the curve construction
+        self.hss.scanner.orders(x.shape[1], x.shape[2], x.device)
         return x + self.drop_path(self.hss(self.norm(x)))

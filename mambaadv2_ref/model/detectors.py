@@ -59,6 +59,9 @@ def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
         pretrained: load the encoder's pretrained weights (False: random, to be overwritten).
         source: the run directory or file the manifest came from (named in errors).
 
+    The rebuilt model runs its HSS mixers eagerly (`compile_mixer="off"`), whatever the run
+    trained with.
+
     Raises:
         ValueError: the rebuilt config differs from the stored one (the differences listed).
     """
@@ -72,6 +75,9 @@ def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
         fixed = {k: stored.pop(k) for k in ("profile", "encoder") if k in stored}
         stored.pop("model", None)
         rest = {k: v for k, v in stored.items() if k != "pretrained"}
+        # a rebuilt detector runs eagerly: compiling its mixers (a compute-only setting, the
+        # same function) pays back over many training steps, not in one evaluation
+        rest["compile_mixer"] = "off"
     model = build_detector(name, profile=fixed.get("profile", "tiny"),
                            encoder=fixed.get("encoder"), pretrained=pretrained, overrides=rest)
     reference = stored if name == "patchcore" else meta["model_config"]

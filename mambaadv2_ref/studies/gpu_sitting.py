@@ -4,7 +4,8 @@ time-boxed, resumable training runs (the GPU machine is lent 10 minutes a comman
     python -m mambaadv2_ref.studies.gpu_sitting speed --out OUT --seconds 420 --prefix v2 --tag v2
     python -m mambaadv2_ref.studies.gpu_sitting train --out OUT --seconds 540 --runs RUNS.json
 
-`speed` benches the rows of SPEED_ROWS with a label prefix in one process (the pure-PyTorch rows
+`speed` benches the rows of SPEED_ROWS whose labels start with one of the (comma-separated)
+prefixes, in that order, in one process (the pure-PyTorch rows
 first, then the mamba-ssm kernel rows, whose first step compiles the Triton kernels: its seconds
 are recorded as `first_step_s`), profiles the rows of PROFILED among them, and with tag "v1"
 (run after mamba-ssm's CUDA scan is built) the decoder scaling study while time is left;
@@ -62,11 +63,39 @@ SPEED_ROWS.update({
         "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "checkpoint_matrix": False}),
     "v2 scans decay_deep mamba_ssm fp32 checkpoint_block": (
         "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "checkpoint_block": True}),
+    "v2 stacked decay_deep torch fp32": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "stack_scans": True}),
+})
+for _precision in ("fp32", "bf16"):  # torch.compile of the HSS mixers (blocks.compiled)
+    SPEED_ROWS[f"v2 compiled decay_deep torch {_precision}"] = (
+        "mambaadv2", "torch", _precision, {"scan_plan": "decay_deep", "compile_mixer": "default"})
+SPEED_ROWS.update({
+    "v2 compiled decay_deep torch fp32 no checkpoint": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "checkpoint_matrix": False}),
+    "v2 compiled reduce-overhead decay_deep torch fp32": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",
+                                       "compile_mixer": "reduce-overhead"}),
+    "v2 compiled decay_deep mamba_ssm fp32": (
+        "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default"}),
     "v1 mamba_ssm fp32": ("mambaad", "mamba_ssm", "fp32", {}),
     "v1 mamba_ssm bf16": ("mambaad", "mamba_ssm", "bf16", {}),
 })
 PROFILED = ("v2 before (materialised, uniform) torch fp32", "v2 scans decay_deep torch fp32",
-            "v2 scans decay_deep mamba_ssm fp32")
+            "v2 scans decay_deep mamba_ssm fp32", "v2 compiled decay_deep torch fp32")
+
+
+def select_rows(prefixes: str) -> list[str]:
+    """The SPEED_ROWS labels that start with one of the comma-separated `prefixes`, in the
+    order of the prefixes (then of SPEED_ROWS); "" selects every row."""
+    chosen: list[str] = []
+    for prefix in prefixes.split(","):
+        chosen += [label for label in SPEED_ROWS if label.startswith(prefix.strip())
+                   and label not in chosen]
+    if not chosen:
+        raise ValueError(f"--prefix {prefixes!r} selects no row of SPEED_ROWS: "
+                         f"{list(SPEED_ROWS)}")
+    return chosen
 
 
 def bench_row(label: str, iters: int) -> dict:
@@ -121,11 +150,11 @@ def profile_row(label: str, out: Path) -> None:
 
 
 def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str) -> None:
-    """The rows of the speed grid whose label starts with `prefix`, the profiles among them,
+    """The rows of the speed grid that `prefix` selects (`select_rows`), the profiles among them,
     then (tag "v1") the scaling study, until `seconds` have passed; OUT/speed_TAG.json."""
     deadline = time.monotonic() + seconds
     result = {"environment": environment(torch.device("cuda")), "rows": []}
-    labels = [label for label in SPEED_ROWS if label.startswith(prefix)]
+    labels = select_rows(prefix)
     for label in labels:
         if time.monotonic() > deadline - 30:
             result["rows"].append({"label": label, "skipped": "time box"})
@@ -301,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", help="train: JSON file, a list of {name, args}")
     parser.add_argument("--eval-workers", type=int, default=1,
                         help="train: snapshot evaluations at once")
-    parser.add_argument("--prefix", default="", help="speed: rows whose label starts so")
+    parser.add_argument("--prefix", default="",
+                        help="speed: comma-separated label prefixes (rows in that order)")
     parser.add_argument("--tag", default="all", help="speed: OUT/speed_TAG.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
