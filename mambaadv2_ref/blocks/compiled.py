@@ -10,6 +10,12 @@ the graph as a CUDA graph (one launch). The eager module stays the obviously-cor
 Each stage's mixers share one compiled graph (same code, same shapes: the weights are graph
 inputs), so a model compiles one graph per distinct stage shape, forward and backward; the
 first training step pays it (minutes at the paper profile; inductor caches it on disk).
+
+Measured (2026-12-02): on a CPU (torch 2.14.1, tiny profile, batch 2, 2 threads) the compiled
+model trains 1.41x and infers 1.5x faster than eager (first step 105 s). On an H200 (torch
+2.11.0+cu130) two profiled paper-profile training steps took 228 ms of CUDA time against 604 ms
+eager, but the speed bench's compile failed inside inductor's scheduler ("list indices must be
+integers or slices, not NoneType"): not yet usable there, so off by default.
 """
 
 from __future__ import annotations
