@@ -260,6 +260,15 @@ def test_hss_scanned_matrix_path_equals_materialised(settings):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def block_output_and_grads(hss: HSS) -> list[torch.Tensor]:
+    """The block's output on a fixed (2, 5, 6, 16) float64 input (30 tokens), the input's
+    gradient and every parameter's gradient of sum(y^2)."""
+    u = torch.randn(2, 5, 6, 16, dtype=torch.float64, generator=seeded(6), requires_grad=True)
+    y = hss(u)
+    y.square().sum().backward()
+    return [y, u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)]
+
+
 @pytest.mark.parametrize("settings", [
     dict(), dict(checkpoint_matrix=True), dict(path_mode="matrix"), dict(path_mode="gate"),
     dict(path_mode="recurrence"), dict(matrix_causal=True), dict(position_aware=False),
@@ -273,13 +282,9 @@ def test_hss_stacked_scans_equal_separate_calls(settings):
     one call per scan: same output and same gradients (input and every parameter), in float64,
     when the 30 tokens fit one window (one call for both paths) and in windows of 7 (the
     windowed pair in one call), with and without position awareness."""
-    outputs = []
-    for stack in (True, False):
-        hss = make_hss(seed=5, stack_scans=stack, **{"checkpoint_matrix": False, **settings})
-        u = torch.randn(2, 5, 6, 16, dtype=torch.float64, generator=seeded(6), requires_grad=True)
-        y = hss(u)
-        y.square().sum().backward()
-        outputs.append([y, u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)])
+    outputs = [block_output_and_grads(make_hss(seed=5, stack_scans=stack,
+                                               **{"checkpoint_matrix": False, **settings}))
+               for stack in (True, False)]
     assert len(outputs[0]) == len(outputs[1])
     for a, b in zip(*outputs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -295,10 +300,7 @@ def test_compiled_hss_equals_eager():
         if mode != "off":
             hss.scanner.orders(5, 6, torch.device("cpu"))  # as HSSBlock does, outside the graph
             compile_mixer(hss, mode)
-        u = torch.randn(2, 5, 6, 16, dtype=torch.float64, generator=seeded(6), requires_grad=True)
-        y = hss(u)
-        y.square().sum().backward()
-        outputs.append([y, u.grad, *(p.grad for p in hss.parameters() if p.grad is not None)])
+        outputs.append(block_output_and_grads(hss))
     assert len(outputs[0]) == len(outputs[1])
     for a, b in zip(*outputs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
