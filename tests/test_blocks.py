@@ -15,7 +15,7 @@ from conftest import skip_unless_kernel
 
 from mambaadv2_ref import scans
 from mambaadv2_ref.blocks.common import DirectionScanner, PatchExpand, drop_path_rates
-from mambaadv2_ref.blocks.compiled import compile_mixer
+from mambaadv2_ref.blocks.compiled import INDUCTOR_OPTIONS, compile_mixer, compile_options
 from mambaadv2_ref.blocks.dss import DSSModule
 from mambaadv2_ref.blocks.freq_conv import FrequencyEnhancedConv, fft_filter, sample_filter
 from mambaadv2_ref.blocks.hss import HSS, HSSBlock
@@ -312,6 +312,17 @@ def test_compile_mixer_is_a_named_setting():
         block_config(compile_mixer="fast")
     with pytest.raises(ValueError, match="MambaAD .v1. has none"):
         ModelConfig(model="mambaad", compile_mixer="default")
+
+
+def test_compile_options_keep_the_mode_and_turn_off_loop_reordering():
+    """Each compile_mixer mode passes its own inductor options plus INDUCTOR_OPTIONS (loop
+    reordering off: the setting that lets the inference graph compile on an H200)."""
+    assert compile_options("default") == {"loop_ordering_after_fusion": False}
+    reduce_overhead = compile_options("reduce-overhead")
+    assert reduce_overhead["triton.cudagraphs"] is True
+    assert reduce_overhead["loop_ordering_after_fusion"] is False
+    assert compile_options("max-autotune-no-cudagraphs")["max_autotune"] is True
+    assert set(INDUCTOR_OPTIONS) <= set(compile_options("max-autotune-no-cudagraphs"))
 
 
 @pytest.mark.parametrize("settings", [

@@ -63,3 +63,22 @@ def test_no_converged_file_without_a_finished_run(tmp_path):
     training_curves.collect([tmp_path / "c1"], tmp_path)
     assert (tmp_path / "training_curves_bsdata_paper_gpu.json").is_file()
     assert not (tmp_path / "converged_bsdata_paper_gpu.json").exists()
+
+
+def test_earlier_rows_join_the_curves_of_a_tagged_file(tmp_path):
+    _write(tmp_path / "old", [_record("v2_s0", "mambaadv2", 0, 400, 400, [(200, 0.60)], 0.6)])
+    training_curves.collect([tmp_path / "old"], tmp_path / "a")
+    earlier = training_curves.earlier_rows(
+        tmp_path / "a" / "training_curves_bsdata_paper_gpu.json", ["v2_s0"])
+    _write(tmp_path / "new", [_record("v2_s1", "mambaadv2", 1, 300, 400, [(200, 0.64)])])
+    training_curves.collect([tmp_path / "new"], tmp_path / "b", tag="seeds", earlier=earlier)
+    curves = json.loads((tmp_path / "b" / "training_curves_bsdata_paper_seeds_gpu.json")
+                        .read_text())
+    assert sorted(r["run"] for r in curves["rows"]) == ["v2_s0", "v2_s1"]
+    at200 = next(s for s in curves["summary"] if s["step"] == 200)
+    assert at200["n"] == 2 and at200["mAD"]["mean"] == pytest.approx(62.0)
+    with pytest.raises(ValueError, match="no rows of run"):
+        training_curves.earlier_rows(
+            tmp_path / "a" / "training_curves_bsdata_paper_gpu.json", ["v2_s9"])
+    with pytest.raises(ValueError, match="both hold run"):
+        training_curves.collect([tmp_path / "old"], tmp_path / "c", earlier=earlier)

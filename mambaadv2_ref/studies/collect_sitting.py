@@ -4,7 +4,7 @@
 
 S1: the folder of a `speed` command's outputs (speed_TAG.json, speed_TAG.log, profile_*.txt,
 scaling.json); S2, S3...: folders of `train` commands (train_RUN.json). Writes
-speed_paper_gpu.{json,png}, scaling_paper_gpu.{json,png}, profiles/*.txt and
+speed_paper_gpu.{json,png} (or --speed-name), scaling_paper_gpu.{json,png}, profiles/*.txt and
 training_snapshots_gpu.json (one row per run and command: dataset, model, profile, encoder,
 seed, steps done of the schedule's, device, seconds, the seven metrics and mAD in percent).
 A speed row whose JSON did not come back from the GPU machine (it returns at most 8 files) is
@@ -48,8 +48,17 @@ def printed_rows(log: Path, environment: dict) -> list[dict]:
     return rows
 
 
-def collect_speed(folder: Path, results: Path) -> None:
-    """speed_paper_gpu.json/png, scaling_paper_gpu.json/png and the profiler tables."""
+FIRST_SITTING_NOTES = (
+    "One sitting on one H200 (fp32 and bf16, paper profile, batch 16, 256 px, random weights; "
+    "train = train.train_step). 'before' = the materialised matrix path and the uniform plan, "
+    "the paper preset until 2026-12-01. The bf16 mamba_ssm rows ran the kernel route on bf16 "
+    "operands, since changed to float32 operands (its dt gradient was 26 % off in bf16).")
+
+
+def collect_speed(folder: Path, results: Path, name: str = "speed_paper_gpu",
+                  notes: str = FIRST_SITTING_NOTES) -> None:
+    """NAME.json/png (the speed rows, each command's folder file speed_TAG.json),
+    scaling_paper_gpu.json/png and the profiler tables."""
     files = sorted(folder.glob("speed_*.json"))
     environment = json.loads(files[0].read_text())["environment"] if files else {}
     rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
@@ -58,14 +67,9 @@ def collect_speed(folder: Path, results: Path) -> None:
         rows += [r for r in printed_rows(log, environment) if r["label"] not in labels]
     order = list(SPEED_ROWS)
     rows.sort(key=lambda r: order.index(r["label"]))
-    write_json(results / "speed_paper_gpu.json", {
-        "environment": environment, "rows": rows,
-        "notes": "One sitting on one H200 (fp32 and bf16, paper profile, batch 16, 256 px, "
-                 "random weights; train = train.train_step). 'before' = the materialised "
-                 "matrix path and the uniform plan, the paper preset until 2026-12-01. The "
-                 "bf16 mamba_ssm rows ran the kernel route on bf16 operands, since changed to "
-                 "float32 operands (its dt gradient was 26 % off in bf16)."})
-    plot_speed([r for r in rows if "train_images_per_s" in r], results / "speed_paper_gpu.png")
+    write_json(results / f"{name}.json", {"environment": environment, "rows": rows,
+                                          "notes": notes})
+    plot_speed([r for r in rows if "train_images_per_s" in r], results / f"{name}.png")
     if (folder / "scaling.json").exists():
         shutil.copy(folder / "scaling.json", results / "scaling_paper_gpu.json")
         plot_scaling(json.loads((folder / "scaling.json").read_text())["rows"],
@@ -104,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=Path, nargs="*", default=[],
                         help="folders of train commands' outputs, in order")
     parser.add_argument("--results", type=Path, default=Path("book/results"))
+    parser.add_argument("--speed-name", default="speed_paper_gpu",
+                        help="stem of the speed results files (NAME.json, NAME.png)")
+    parser.add_argument("--speed-notes", default=FIRST_SITTING_NOTES,
+                        help="the notes field of NAME.json: how and where the rows were run")
     args = parser.parse_args(argv)
     if args.speed:
-        collect_speed(args.speed, args.results)
+        collect_speed(args.speed, args.results, args.speed_name, args.speed_notes)
     rows = [training_row(json.loads(f.read_text()), folder.name)
             for folder in args.train for f in sorted(folder.glob("train_*.json"))]
     if rows:

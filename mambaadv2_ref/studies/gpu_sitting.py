@@ -70,7 +70,7 @@ for _precision in ("fp32", "bf16"):  # torch.compile of the HSS mixers (blocks.c
     SPEED_ROWS[f"v2 compiled decay_deep torch {_precision}"] = (
         "mambaadv2", "torch", _precision, {"scan_plan": "decay_deep", "compile_mixer": "default"})
 SPEED_ROWS.update({
-    "v2 compiled decay_deep torch fp32 no checkpoint": (
+    "v2 compiled no-checkpoint decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "checkpoint_matrix": False}),
     "v2 compiled reduce-overhead decay_deep torch fp32": (

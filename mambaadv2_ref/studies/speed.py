@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -299,7 +300,8 @@ def plot_speed(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if "skipped" not in r and "error" not in r]
-    labels = [f"{r['model']}\n{r['backend']}\n{r['precision']}" for r in done]
+    labels = ["\n".join(textwrap.wrap(r["label"], 16)) if "label" in r
+              else f"{r['model']}\n{r['backend']}\n{r['precision']}" for r in done]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
     x = range(len(done))
     ax.bar([i - 0.2 for i in x], [r["train_images_per_s"] for r in done], 0.4, label="training")
@@ -309,7 +311,10 @@ def plot_speed(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("images / s")
     device = done[0]["device_name"] if done else "?"
     ax.set_title(f"speed at profile {done[0]['profile'] if done else '?'} on {device}")
-    ax.legend()
+    top = max([r["infer_images_per_s"] for r in done] + [r["train_images_per_s"] for r in done],
+              default=1.0)
+    ax.set_ylim(0, 1.3 * top)  # room for the legend above the bars
+    ax.legend(loc="upper left", ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

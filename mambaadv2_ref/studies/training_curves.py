@@ -2,6 +2,7 @@
 that finished their schedule (the `converged_*` results files).
 
     python -m mambaadv2_ref.studies.training_curves --train C1 C2 C3 --results book/results
+        [--tag TAG] [--earlier training_curves_X_gpu.json --earlier-runs RUN1,RUN2]
 
 C1, C2, ...: folders of `gpu_sitting train` commands, in order (each holds train_RUN.json with the
 run's evaluated snapshots, `curve`, and its latest metrics). A run met in several commands keeps
@@ -142,25 +143,47 @@ def plot_curves(summary: list[dict], title: str, metrics=PLOTTED) -> Figure:
     return fig
 
 
-def collect(folders: list[Path], results: Path, note: str = "") -> list[Path]:
+def earlier_rows(curves_file: Path, runs: list[str]) -> list[dict]:
+    """The rows of `runs` in a committed training_curves_*.json (runs of an earlier sitting whose
+    train records were not kept); an error names a run the file does not hold."""
+    rows = json.loads(Path(curves_file).read_text())["rows"]
+    missing = sorted(set(runs) - {r["run"] for r in rows})
+    if missing:
+        raise ValueError(f"--earlier {curves_file}: no rows of run(s) {missing}")
+    return [r for r in rows if r["run"] in runs]
+
+
+def collect(folders: list[Path], results: Path, note: str = "", tag: str = "",
+            earlier: list[dict] = ()) -> list[Path]:
     """Write the curves and converged files of every (dataset, profile); return their paths.
 
     Args:
         folders: outputs of the sitting's train commands, in order.
         results: the results folder.
         note: how the runs were made (machine sharing, stops), appended to each file's notes.
+        tag: files named ..._DATASET_PROFILE_TAG_gpu (a new file beside the earlier ones).
+        earlier: curve rows of runs from earlier sittings (`earlier_rows`), added to their
+            (dataset, profile) curves and summaries; run names must not repeat the folders'.
     """
     runs = merge_records(folders)
+    clash = sorted({r["run"] for r in earlier} & set(runs))
+    if clash:
+        raise ValueError(f"earlier rows and the train folders both hold run(s) {clash}")
     results.mkdir(parents=True, exist_ok=True)
     by_group: dict[tuple, list[dict]] = {}
     for record in runs.values():
         info = run_info(record)
         by_group.setdefault((info["dataset"], info["profile"]), []).append(record)
+    older: dict[tuple, list[dict]] = {}
+    for row in earlier:
+        older.setdefault((row["dataset"], row["profile"]), []).append(row)
+        by_group.setdefault((row["dataset"], row["profile"]), [])
     written = []
     for (dataset, profile), records in sorted(by_group.items()):
-        rows = [row for record in records for row in curve_rows(record)]
+        rows = older.get((dataset, profile), []) + [
+            row for record in records for row in curve_rows(record)]
         summary = summarise(rows)
-        stem = f"{dataset}_{profile}_gpu"
+        stem = f"{dataset}_{profile}{'_' + tag if tag else ''}_gpu"
         if any(r["step"] > 0 for r in rows):
             write_json(results / f"training_curves_{stem}.json", {
                 "rows": rows, "summary": summary,
@@ -188,8 +211,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="folders of gpu_sitting train commands' outputs, in order")
     parser.add_argument("--results", type=Path, default=Path("book/results"))
     parser.add_argument("--note", default="", help="how the runs were made (into the notes)")
+    parser.add_argument("--tag", default="", help="files named ..._DATASET_PROFILE_TAG_gpu")
+    parser.add_argument("--earlier", type=Path, default=None,
+                        help="a committed training_curves_*.json holding runs of an earlier "
+                             "sitting to include (with --earlier-runs)")
+    parser.add_argument("--earlier-runs", default="",
+                        help="comma list of the run names to take from --earlier")
     args = parser.parse_args(argv)
-    for path in collect(args.train, args.results, args.note):
+    names = [n for n in args.earlier_runs.split(",") if n]
+    if bool(args.earlier) != bool(names):
+        parser.error("--earlier and --earlier-runs go together")
+    earlier = earlier_rows(args.earlier, names) if args.earlier else []
+    for path in collect(args.train, args.results, args.note, args.tag, earlier):
         print(path)
     return 0
 
