@@ -51,11 +51,13 @@ def test_stacked_scans_give_the_same_model(checkpoint_matrix):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_compiled_mixers_give_the_same_model():
+@pytest.mark.parametrize("checkpoint_block", [False, True])
+def test_compiled_mixers_give_the_same_model(checkpoint_block):
     """compile_mixer (torch.compile of every HSS mixer, `blocks.compiled`) against eager
     PyTorch: the same features, maps, scores and gradients (float64, 64 px: the four stages'
-    grids of 4 to 256 tokens, windows and the recomputed matrix path included)."""
-    fast, slow = outputs_of_twins(dict(compile_mixer="default"), dict(compile_mixer="off"),
-                                  backend="torch")
+    grids of 4 to 256 tokens, windows and the recomputed matrix path included); also with every
+    HSS block recomputed in the backward pass around the compiled mixer (checkpoint_block)."""
+    fast, slow = outputs_of_twins(dict(compile_mixer="default", checkpoint_block=checkpoint_block),
+                                  dict(compile_mixer="off"), backend="torch")
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

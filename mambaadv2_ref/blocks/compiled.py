@@ -15,8 +15,11 @@ Measured (2026-12-02): on a CPU (torch 2.14.1, tiny profile, batch 2, 2 threads)
 model trains 1.41x and infers 1.5x faster than eager (first step 105 s). On an H200 (torch
 2.11.0+cu130) two profiled paper-profile training steps took 228 ms of CUDA time against 604 ms
 eager. The inference graph failed in inductor's Triton codegen until loop reordering after fusion
-was turned off (INDUCTOR_OPTIONS); with it off, a first H200 run trained at 127 img/s (eager 41)
-and inferred at 354 img/s (eager 144), fp32, batch 16, beside other compiling processes.
+was turned off (INDUCTOR_OPTIONS). With it off, the speed bench (paper profile, batch 16) gave
+124 / 346 img/s (train / infer) in fp32 and 121 / 333 in bf16, against 103 / 294 and 138 / 310
+for MambaAD v1 with mamba-ssm's CUDA scan on the same machine; the fp32 training peak is 17.3 GiB
+and the first step compiles for about two minutes. Off by default: CPU and Colab users would pay
+the compile for a small gain.
 """
 
 from __future__ import annotations

@@ -73,6 +73,9 @@ SPEED_ROWS.update({
     "v2 compiled no-checkpoint decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "checkpoint_matrix": False}),
+    "v2 compiled checkpoint_block decay_deep torch fp32": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "checkpoint_block": True}),
     "v2 compiled reduce-overhead decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",
                                        "compile_mixer": "reduce-overhead"}),
