@@ -40,7 +40,10 @@ INDUCTOR_OPTIONS = {"loop_ordering_after_fusion": False}
 
 def compile_options(mode: str) -> dict:
     """The inductor options of `torch.compile` mode `mode` plus INDUCTOR_OPTIONS (torch.compile
-    takes a mode or options, not both)."""
+    takes a mode or options, not both).
+
+    Implements: no equation; the compiled graph computes the mixer's eqs. (1)-(8) unchanged.
+    """
     from torch._inductor import list_mode_options
 
     return {**list_mode_options(mode), **INDUCTOR_OPTIONS}

@@ -1,0 +1,128 @@
+"""Which image score? The same anomaly maps, scored by different rules.
+
+A reconstruction detector scores an image from its anomaly map A (eq. (2) of
+`model.anomaly_map`). MambaAD takes the maximum (eq. (3)); the MambaADv2 abstract does not say,
+so this is our reading. This study scores the maps of one trained detector, once computed, by:
+
+    max        s = max_u A(u)                                   (eq. 3, the default)
+    top q      s = mean of the q * H * W largest values of A    (q = 0.1 %, 1 %, 10 %)
+    mean       s = mean_u A(u)
+
+and reports the image metrics (I-AUROC, I-AP, I-F1max, mean over classes) of each rule. The
+pixel metrics do not depend on the rule. No rule is chosen on the test set here: the table shows
+how much the unstated choice moves the image-level numbers.
+
+    python -m mambaadv2_ref.studies.image_scores --run RUN_OR_FILE.safetensors [--data ROOT]
+        --out results/image_scores_DATASET_PROFILE_DEVICE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.data import MVTecDataset, check_dataset, embedded_dataset_root
+from mambaadv2_ref.evaluate import predict_split
+from mambaadv2_ref.metrics.summary import image_metrics
+from mambaadv2_ref.model.detectors import load_detector
+from mambaadv2_ref.runtime import resolve_device
+from mambaadv2_ref.studies.results import environment
+
+RULES = ("max", "top 0.1%", "top 1%", "top 10%", "mean")
+IMAGE_KEYS = ("I-AUROC", "I-AP", "I-F1max")
+
+
+def image_score(maps: np.ndarray, rule: str) -> np.ndarray:
+    """Image scores of smoothed anomaly maps by one rule of RULES.
+
+    Args:
+        maps: (N, H, W) anomaly maps A. rule: "max", "mean" or "top Q%" (the mean of the
+            ceil(Q/100 * H * W) largest pixels, at least one).
+    Returns:
+        (N,) scores: max_u A(u), mean_u A(u), or the mean of A's top-Q % values.
+
+    Implements: eq. (3) of `model.anomaly_map` (rule "max") and its variants in this module's
+    docstring.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    if rule == "max":
+        return flat.max(axis=1)
+    if rule == "mean":
+        return flat.mean(axis=1)
+    k = max(1, int(np.ceil(float(rule[4:-1]) / 100 * flat.shape[1])))
+    return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+
+
+def score_rules(splits: dict[str, dict]) -> list[dict]:
+    """One row per rule: the image metrics per class and their mean, in percent.
+
+    Args:
+        splits: class -> {"maps": (N, H, W), "labels": (N,)} (as `evaluate.predict_split`).
+    """
+    rows = []
+    for rule in RULES:
+        per_class = {cls: image_metrics(image_score(s["maps"], rule), s["labels"], cls=cls)
+                     for cls, s in splits.items()}
+        mean = {k: 100 * float(np.mean([m[k] for m in per_class.values()])) for k in IMAGE_KEYS}
+        rows.append({"rule": rule, "metrics": mean,
+                     "classes": {c: {k: 100 * v for k, v in m.items()}
+                                 for c, m in per_class.items()}})
+    return rows
+
+
+def _name(entry):
+    """The name of a manifest entry that is a name or a dict with one (profile, encoder)."""
+    return entry.get("name") if isinstance(entry, dict) else entry
+
+
+def study(run, data=None, device="auto", batch_size: int = 8) -> dict:
+    """The maps of detector `run` on each trained class's test split, scored by every rule."""
+    device = resolve_device(device)
+    model, meta = load_detector(run, device=device)
+    settings = meta["train"]
+    root = Path(data) if data is not None else (
+        embedded_dataset_root() if settings.get("embedded") else Path(settings["data"]))
+    check_dataset(root, settings["classes"], splits=("test",))
+    splits = {}
+    for cls in settings["classes"]:
+        dataset = MVTecDataset(root, classes=[cls], split="test",
+                               image_size=settings["image_size"])
+        with torch.no_grad():
+            splits[cls] = predict_split(model, dataset, device, batch_size, desc=f"maps {cls}")
+    return {"environment": environment(device),
+            "detector": {"run": str(run), "model": meta["model"], "step": meta["step"],
+                         "profile": _name(meta.get("profile")),
+                         "encoder": _name(meta.get("encoder")),
+                         "image_size": settings["image_size"],
+                         "data": "embedded" if settings.get("embedded") else str(root)},
+            "rows": score_rules(splits),
+            "notes": "Image metrics in percent, mean over classes, of the same maps scored by "
+                     "each rule; 'max' is MambaAD's eq. (3) and the package's score."}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", action="append", required=True,
+                        help="run directory or exported .safetensors (repeat for several)")
+    parser.add_argument("--data", default=None, help="dataset root (default: the trained one)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, required=True, help="results JSON")
+    args = parser.parse_args(argv)
+    results = {"detectors": [study(run, args.data, args.device) for run in args.run]}
+    write_json(args.out, results)
+    for d in results["detectors"]:
+        print(d["detector"]["model"], d["detector"]["run"])
+        for row in d["rows"]:
+            print(f"  {row['rule']:9} " + "  ".join(f"{k} {v:5.1f}"
+                                                    for k, v in row["metrics"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The image-score study: each rule computes its equation, the rows hold every rule's image
+metrics, and the 'max' rule is the package's own image score (CPU, synthetic maps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mambaadv2_ref.model.anomaly_map import anomaly_maps
+from mambaadv2_ref.studies.image_scores import RULES, image_score, score_rules
+
+
+def test_each_rule_is_its_equation():
+    maps = np.zeros((2, 10, 100))  # 1000 pixels per map
+    maps[0, 0, :5] = 10.0  # five bright pixels: the max and the top 0.1 % see them
+    maps[1] = 0.5
+    assert image_score(maps, "max").tolist() == [10.0, 0.5]
+    assert image_score(maps, "top 0.1%").tolist() == [10.0, 0.5]  # the top 1 pixel
+    assert image_score(maps, "top 1%").tolist() == [5.0, 0.5]  # 10 pixels, 5 of them bright
+    assert image_score(maps, "mean").tolist() == pytest.approx([0.05, 0.5])
+    with pytest.raises(ValueError, match="rule must be one of"):
+        image_score(maps, "median")
+
+
+def test_max_rule_is_the_models_image_score():
+    torch.manual_seed(0)
+    enc = [torch.randn(3, 4, 8, 8), torch.randn(3, 6, 4, 4)]
+    dec = [e + 0.3 * torch.randn_like(e) for e in enc]
+    maps, scores = anomaly_maps(enc, dec, (32, 32), 4.0)
+    np.testing.assert_allclose(image_score(maps.numpy(), "max"), scores.numpy(), rtol=1e-6)
+
+
+def test_rows_hold_every_rule_and_class():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    maps = rng.random((6, 16, 16))
+    maps[3:, :2, :2] += 2.0  # anomalies: a bright 2 x 2 spot, seen by max, not by the mean
+    rows = score_rules({"a": {"maps": maps, "labels": labels},
+                        "b": {"maps": maps[::-1].copy(), "labels": labels[::-1].copy()}})
+    assert [r["rule"] for r in rows] == list(RULES)
+    by = {r["rule"]: r for r in rows}
+    assert by["max"]["metrics"]["I-AUROC"] == 100.0
+    assert set(by["max"]["classes"]) == {"a", "b"}
+    assert by["mean"]["metrics"]["I-AUROC"] < 100.0
