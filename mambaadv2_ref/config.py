@@ -36,7 +36,8 @@ PATH_MODES = ("sum", "gate", "recurrence", "matrix")  # the HSS block's dual pat
 MATRIX_IMPLS = ("scan", "materialised")  # how the HSS matrix path is computed (same function)
 # torch.compile of each HSS mixer (same function): off, or a torch.compile mode
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
-PRECISIONS = ("auto", "bf16", "fp32")
+# how a step computes: bf16 autocast, float32 with TF32 matrix products (CUDA), or float32
+PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
 COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl",

@@ -74,7 +74,7 @@ from mambaadv2_ref.run_safety import (
     clear_run,
     prepare_out,
 )
-from mambaadv2_ref.runtime import resolve_device, seed_everything, use_bf16
+from mambaadv2_ref.runtime import resolve_device, seed_everything, tf32_matmuls, use_bf16
 from mambaadv2_ref.sampler import StepBatchSampler
 from mambaadv2_ref.train_config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 
@@ -206,6 +206,7 @@ def train(cfg: TrainConfig) -> dict:
     stop = num_steps if cfg.stop_at is None else min(cfg.stop_at, num_steps)
     bf16 = use_bf16(device, cfg.precision)
     meta["train"]["bf16_autocast"] = bf16
+    meta["train"]["tf32_matmuls"] = cfg.precision == "tf32" and device.type == "cuda"
     every = cfg.checkpoint_every
     snapshot_every = cfg.snapshot_every
     seconds_between = 60.0 * cfg.checkpoint_minutes
@@ -217,7 +218,7 @@ def train(cfg: TrainConfig) -> dict:
     t_run = t_window = t_saved = time.perf_counter()
     saved, logged = (start if resuming else None), start
     window_steps, window_images, loss_sum = 0, 0, torch.zeros((), device=device)
-    with CtrlC() as ctrl_c:
+    with CtrlC() as ctrl_c, tf32_matmuls(cfg.precision):
         for step, batch in zip(range(start, stop), loader, strict=False):
             for group in optimizer.param_groups:
                 group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)

@@ -50,7 +50,8 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         weight_decay, clip_grad, lr_decay_at, lr_decay: the optimiser recipe (book appendix A.1).
         stop_at: stop after this many steps as if interrupted (time-boxed runs, resume tests).
-        precision: "auto" (bf16 autocast on GPUs with native bf16, else float32), "bf16", "fp32".
+        precision: "auto" (bf16 autocast on GPUs with native bf16, else float32), "bf16",
+            "fp32", or "tf32" (float32 with TF32 matrix products on CUDA, `runtime.tf32_matmuls`).
         balance_classes: the class-balanced data order (`sampler.StepBatchSampler` given every
             image's class): each epoch, every global batch and every rank's shard holds each
             class in proportion to its share of the training images, within one image. False,

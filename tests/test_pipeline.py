@@ -84,8 +84,29 @@ def test_bf16_only_where_the_device_computes_it(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: c)
         assert use_bf16(cuda, "auto") is expected
         assert use_bf16(cuda, "bf16") and not use_bf16(cuda, "fp32")
+        assert not use_bf16(cuda, "tf32")  # float32 steps, TF32 matrix products
     with pytest.raises(ValueError, match="precision must be one of"):
         use_bf16(cpu, "fp16")
+
+
+def test_tf32_matmuls_only_under_tf32_and_restored():
+    from mambaadv2_ref.runtime import tf32_matmuls
+
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_tf32
+    try:
+        flags.allow_tf32 = True  # a caller's own setting: fp32 steps still run in full float32
+        with tf32_matmuls("fp32"):
+            assert flags.allow_tf32 is False
+        assert flags.allow_tf32 is True
+        flags.allow_tf32 = False
+        with tf32_matmuls("tf32"):
+            assert flags.allow_tf32 is True
+        assert flags.allow_tf32 is False
+        with pytest.raises(ValueError, match="precision must be one of"), tf32_matmuls("tf16"):
+            pass
+    finally:
+        flags.allow_tf32 = before
 
 
 def test_train_runs_train_step(data, tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ import torch
 from mambaadv2_ref.checkpoint import MANIFEST, list_snapshots, write_json
 from mambaadv2_ref.studies.results import environment
 
-# label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px, fp32/bf16
+# label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px
 SPEED_ROWS: dict[str, tuple[str, str, str, dict]] = {}
 for _precision in ("fp32", "bf16"):
     SPEED_ROWS.update({
@@ -66,7 +66,7 @@ SPEED_ROWS.update({
     "v2 stacked decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "stack_scans": True}),
 })
-for _precision in ("fp32", "bf16"):  # torch.compile of the HSS mixers (blocks.compiled)
+for _precision in ("fp32", "bf16", "tf32"):  # torch.compile of the HSS mixers (blocks.compiled)
     SPEED_ROWS[f"v2 compiled decay_deep torch {_precision}"] = (
         "mambaadv2", "torch", _precision, {"scan_plan": "decay_deep", "compile_mixer": "default"})
 SPEED_ROWS.update({
@@ -81,8 +81,11 @@ SPEED_ROWS.update({
                                        "compile_mixer": "reduce-overhead"}),
     "v2 compiled decay_deep mamba_ssm fp32": (
         "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default"}),
+    "v2 compiled decay_deep mamba_ssm bf16": (
+        "mambaadv2", "mamba_ssm", "bf16", {"scan_plan": "decay_deep", "compile_mixer": "default"}),
     "v1 mamba_ssm fp32": ("mambaad", "mamba_ssm", "fp32", {}),
     "v1 mamba_ssm bf16": ("mambaad", "mamba_ssm", "bf16", {}),
+    "v1 mamba_ssm tf32": ("mambaad", "mamba_ssm", "tf32", {}),
 })
 PROFILED = ("v2 before (materialised, uniform) torch fp32", "v2 scans decay_deep torch fp32",
             "v2 scans decay_deep mamba_ssm fp32", "v2 compiled decay_deep torch fp32")
@@ -125,7 +128,7 @@ def profile_row(label: str, out: Path) -> None:
     from mambaadv2_ref.config import get_profile
     from mambaadv2_ref.model.factory import build_model
     from mambaadv2_ref.recipe import make_optimizer
-    from mambaadv2_ref.runtime import use_bf16
+    from mambaadv2_ref.runtime import tf32_matmuls, use_bf16
     from mambaadv2_ref.train import train_step
 
     model, backend, precision, overrides = SPEED_ROWS[label]
@@ -137,7 +140,8 @@ def profile_row(label: str, out: Path) -> None:
     bf16 = use_bf16(device, precision)
 
     def step():  # the step that train() and studies.speed.bench_model run
-        train_step(net, optimizer, images, 5.0, bf16)
+        with tf32_matmuls(precision):
+            train_step(net, optimizer, images, 5.0, bf16)
 
     step()
     torch.cuda.synchronize()

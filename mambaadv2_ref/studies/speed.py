@@ -32,7 +32,7 @@ from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.config import COMPUTE_SETTINGS, MODELS, PRECISIONS, get_profile, stage_sizes
 from mambaadv2_ref.model.factory import build_model
 from mambaadv2_ref.recipe import make_optimizer
-from mambaadv2_ref.runtime import resolve_device, use_bf16
+from mambaadv2_ref.runtime import resolve_device, tf32_matmuls, use_bf16
 from mambaadv2_ref.scans import available_backends
 from mambaadv2_ref.scans.common import check_positive_int
 from mambaadv2_ref.studies.results import environment, read_json
@@ -63,7 +63,9 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
 
     Training step = `train.train_step` with the recipe's optimizer, weight decay and clipping,
     under bf16 autocast on CUDA when `precision="bf16"` (or "auto" on a GPU with native bf16, as
-    `train`), in float32 with `precision="fp32"`; inference = `anomaly_map` (float32).
+    `train`), in float32 with `precision="fp32"`, and in float32 with TF32 matrix products with
+    `precision="tf32"` (`runtime.tf32_matmuls`); inference = `anomaly_map` (float32, TF32
+    products under "tf32").
 
     Returns:
         dict with model, profile, device, image_size, batch_size, parameters,
@@ -90,23 +92,24 @@ def bench_model(model: str = "mambaadv2", profile: str = "tiny", encoder: str | 
     def step():
         train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad, bf16)
 
-    reset_peak_memory(device)
-    net.train()
-    notice = compile_notice(net.config)
-    if notice:
-        print(notice, flush=True)
-    t0 = time.perf_counter()  # the first step holds kernel compilation (Triton, torch.compile)
-    step()
-    synchronize(device)
-    first_step_s = time.perf_counter() - t0
-    train_ips = timed(step, warmup=1)  # the first step was the first warm-up
-    train_peak = peak_memory_bytes(device)
-    reset_peak_memory(device)
-    t0 = time.perf_counter()  # the first inference compiles its own (no-grad) graphs
-    net.anomaly_map(images)
-    synchronize(device)
-    first_infer_s = time.perf_counter() - t0
-    infer_ips = timed(lambda: net.anomaly_map(images), warmup=1)
+    with tf32_matmuls(precision):  # float32 products on TF32 tensor cores for "tf32"
+        reset_peak_memory(device)
+        net.train()
+        notice = compile_notice(net.config)
+        if notice:
+            print(notice, flush=True)
+        t0 = time.perf_counter()  # the first step holds kernel compilation (Triton, torch.compile)
+        step()
+        synchronize(device)
+        first_step_s = time.perf_counter() - t0
+        train_ips = timed(step, warmup=1)  # the first step was the first warm-up
+        train_peak = peak_memory_bytes(device)
+        reset_peak_memory(device)
+        t0 = time.perf_counter()  # the first inference compiles its own (no-grad) graphs
+        net.anomaly_map(images)
+        synchronize(device)
+        first_infer_s = time.perf_counter() - t0
+        infer_ips = timed(lambda: net.anomaly_map(images), warmup=1)
     return {"model": model, "profile": profile, "precision": precision, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else "cpu", "image_size": size, "batch_size": batch_size, "iters": iters,
@@ -186,7 +189,7 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
         setting: a name in `config.COMPUTE_SETTINGS`. values: its two values, the first the
             reference of the ratio. model, profile, batch_size (None: the profile's), device.
         repeats: rounds. overrides: further ModelConfig fields for both models.
-        precision: "fp32", "bf16" or "auto" (`runtime.use_bf16`).
+        precision: "fp32", "bf16", "tf32" or "auto" (`runtime.use_bf16`, `runtime.tf32_matmuls`).
     Returns:
         dict with model, profile, setting, values, precision, image_size, batch_size, repeats,
         step_s
@@ -218,7 +221,8 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
 
     def step(value) -> None:
         net, optimizer = steps[value]
-        train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad, bf16)
+        with tf32_matmuls(precision):
+            train_step(net, optimizer, images, TRAIN_DEFAULTS.clip_grad, bf16)
 
     times = {value: [] for value in values}
     for value in values:
@@ -229,7 +233,8 @@ def compare_setting(setting: str, values: tuple = (True, False), model: str = "m
                                                  iters=1))
     first, second = values
     return {"model": model, "profile": profile, "setting": setting, "values": list(values),
-            "precision": "bf16" if bf16 else "fp32", "device": str(device),
+            "precision": "bf16" if bf16 else ("tf32" if precision == "tf32" else "fp32"),
+            "device": str(device),
             "image_size": size, "batch_size": batch_size,
             "repeats": repeats, "step_s": {str(v): t for v, t in times.items()},
             "median_step_s": {str(v): statistics.median(t) for v, t in times.items()},
