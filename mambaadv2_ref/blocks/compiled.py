@@ -30,11 +30,12 @@ from torch import nn
 # distinct (stage, batch size) shapes one model may compile before dynamo gives up recompiling
 RECOMPILE_LIMIT = 64
 
-# inductor settings added to every mode's own. Loop reordering after fusion (a scheduling pass,
-# on by default in torch 2.11 and 2.14) made Triton codegen fail on the no-grad (inference) graph of the
-# paper-profile mixer on an H200 with torch 2.11 ("list indices must be integers or slices, not
-# NoneType" in get_block_shape); with it off the same graph compiles. It only orders loops: the
-# computed function is the same (the tests compare compiled and eager).
+# inductor settings added to every mode's own. Loop reordering after fusion (a scheduling
+# pass, on by default in torch 2.11 and 2.14) made Triton codegen fail on the no-grad
+# (inference) graph of the paper-profile mixer on an H200 with torch 2.11 ("list indices must
+# be integers or slices, not NoneType" in get_block_shape); with it off the same graph
+# compiles. It only orders loops: the computed function is the same (the tests compare
+# compiled and eager).
 INDUCTOR_OPTIONS = {"loop_ordering_after_fusion": False}
 
 
