@@ -55,6 +55,8 @@ def test_curves_merge_commands_average_seeds_and_keep_only_finished_runs(tmp_pat
     row = converged["rows"][0]
     assert row["steps"] == 400 and row["epochs"] == 50.0 and row["metrics"]["mAD"] == 70.0
     assert row["device_name"] == "NVIDIA H200" and row["train_s"] == 12.5
+    assert row["command"] == ("python -m mambaadv2_ref train --out runs/v2_s0 --model mambaadv2 "
+                              "--data /d --profile paper")
     assert tmp_path / "converged_bsdata_paper_gpu.json" in written
 
 

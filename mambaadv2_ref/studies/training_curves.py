@@ -11,8 +11,9 @@ profile):
 
 - training_curves_DATASET_PROFILE_gpu.json: one row per (run, snapshot step) with dataset, model,
   profile, encoder, seed, step, schedule_steps, steps_done (where the run stopped),
-  num_train_images, epochs, device_name, images_per_s (the run's last logged throughput), the
-  metrics in percent, and
+  num_train_images, epochs, device_name, images_per_s (the run's last logged throughput),
+  command (the `train` command that reproduces the run: paper-profile weights are too big for
+  git), the metrics in percent, and
   the summary over seeds per (model, encoder, step): mean, std (sample, n-1) and n;
   PatchCore fits (no steps) as reference rows; plus the .png of the curves.
 - converged_DATASET_PROFILE_gpu.json: one row per run whose last checkpoint is the end of its
@@ -68,7 +69,9 @@ def run_info(record: dict) -> dict:
             "num_train_images": train.get("num_train_images"),
             "device_name": record["environment"].get("gpu"),
             "images_per_s": (record.get("history") or [{}])[-1].get("images_per_s"),
-            "date": record["environment"].get("date")}
+            "date": record["environment"].get("date"),
+            "command": " ".join(["python -m mambaadv2_ref train --out", f"runs/{record['name']}",
+                                 *args])}
 
 
 def epochs_at(step: int, train: dict) -> float | None:
