@@ -41,7 +41,7 @@ PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
 COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl",
-                    "stack_scans", "compile_mixer")
+                    "stack_scans", "compile_mixer", "chunk_size")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 

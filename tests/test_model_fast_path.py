@@ -51,6 +51,15 @@ def test_stacked_scans_give_the_same_model(checkpoint_matrix):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_chunk_size_gives_the_same_model():
+    """chunk_size (Q of the chunked scans) is a compute setting: chunks of 16 against 64 give
+    the same features, maps, scores and gradients (float64, windows of 64 tokens: 4 chunks of
+    16 or one of 64 in each)."""
+    fast, slow = outputs_of_twins(dict(chunk_size=16), dict(chunk_size=64), backend="torch")
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("checkpoint_block", [False, True])
 def test_compiled_mixers_give_the_same_model(checkpoint_block):
     """compile_mixer (torch.compile of every HSS mixer, `blocks.compiled`) against eager

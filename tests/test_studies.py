@@ -185,3 +185,16 @@ def test_pipeline_runs_drives_the_command_line(tmp_path, monkeypatch):
         pipeline_runs.run_dataset("emb", "-", "tiny", "many", tmp_path)
     with pytest.raises(ValueError, match="nope"):
         pipeline_runs.run_dataset("emb", "-", "tiny", "5", tmp_path, models=("nope",))
+
+
+def test_compare_values_parse_as_json_and_bad_ones_are_named(capsys):
+    assert speed.parse_values("true,false") == (True, False)
+    assert speed.parse_values("64,32") == (64, 32)
+    assert speed.parse_values('"scan","materialised"') == ("scan", "materialised")
+    with pytest.raises(ValueError, match="--values takes two values"):
+        speed.parse_values("64,32,16")
+    with pytest.raises(ValueError, match="must be a JSON value"):
+        speed.parse_values("64,scan")
+    with pytest.raises(SystemExit):
+        speed.main(["--out", "unused", "--compare", "chunk_size", "--values", "64"])
+    assert "--values takes two values" in capsys.readouterr().err

@@ -76,6 +76,12 @@ SPEED_ROWS.update({
     "v2 compiled checkpoint_block decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "checkpoint_block": True}),
+    "v2 compiled chunk 32 decay_deep torch fp32": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "chunk_size": 32}),
+    "v2 compiled chunk 16 decay_deep torch fp32": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "chunk_size": 16}),
     "v2 compiled reduce-overhead decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",
                                        "compile_mixer": "reduce-overhead"}),

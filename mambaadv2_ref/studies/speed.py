@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import textwrap
 import time
@@ -267,6 +268,19 @@ def comparison_grid(setting: str, cases: list[tuple[str, int]], values: tuple = 
     return result
 
 
+def parse_values(text: str) -> tuple:
+    """`--values A,B`: two JSON values (true, 64, "scan"); an error names the argument."""
+    parts = text.split(",")
+    try:
+        values = tuple(json.loads(part) for part in parts)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--values: each of {parts} must be a JSON value (true, 64, "
+                         f'"scan"): {err}') from err
+    if len(values) != 2:
+        raise ValueError(f"--values takes two values A,B, got {text!r}")
+    return values
+
+
 def load_comparison_table(path) -> list[dict]:
     """One row per case of a committed `comparison_grid` JSON: profile, batch, image size, the
     median step in ms and the HSS scan calls of a forward pass per value, and the paired
@@ -337,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma list of models")
     parser.add_argument("--compare", default=None, metavar="SETTING",
                         help="instead of the grid: compare_setting of this compute-only "
-                             "setting, True against False, saved as <out>/SETTING_<cpu|gpu>.json")
+                             "setting, saved as <out>/SETTING_<cpu|gpu>.json")
+    parser.add_argument("--values", default="true,false", metavar="A,B",
+                        help="with --compare: its two values as JSON (the first is the "
+                             "reference of the ratio), e.g. 64,32 for chunk_size")
     parser.add_argument("--cases", default="tiny:8,small:2",
                         help="with --compare: comma list of profile:batch")
     parser.add_argument("--repeats", type=int, default=10, help="with --compare: rounds")
@@ -348,14 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compare:
+        try:  # before any work: a bad --values is named at once
+            values = parse_values(args.values)
+        except ValueError as err:
+            parser.error(str(err))
         cases = [(name, int(batch)) for name, batch in
                  (case.split(":") for case in args.cases.split(","))]
         device = resolve_device(args.device)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         kind = "gpu" if device.type == "cuda" else "cpu"
         out_json = Path(args.out) / f"{args.compare}_{kind}.json"
-        comparison_grid(args.compare, cases, device=device, repeats=args.repeats,
-                        out_json=out_json, precision=args.precision)
+        comparison_grid(args.compare, cases, values=values,
+                        device=device, repeats=args.repeats, out_json=out_json,
+                        precision=args.precision)
         print(f"saved {out_json}")
         return 0
     models = tuple(args.models.split(","))
