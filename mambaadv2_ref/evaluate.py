@@ -131,6 +131,16 @@ def predict_split(model, dataset, device, batch_size: int = 8, desc: str = "") -
     return result
 
 
+def evaluation_root(settings: dict, data=None) -> Path:
+    """The dataset root a run is tested on: `data` when given, else the one it trained on (the
+    embedded dataset, or the run's `data` path). `settings`: the manifest's "train" entry."""
+    if data is not None:
+        return Path(data)
+    if settings.get("embedded"):
+        return embedded_dataset_root()
+    return Path(settings["data"])
+
+
 def format_table(per_class: dict, mean: dict) -> str:
     """Per-class metrics as a fixed-width text table (percent, one decimal)."""
     width = max(8, *(len(c) for c in per_class))
@@ -183,12 +193,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
     device = resolve_device(device)
     model, meta = load_detector(run_dir, device=device)
     settings = meta["train"]
-    if data is not None:
-        root = Path(data)
-    elif settings.get("embedded"):
-        root = embedded_dataset_root()
-    else:
-        root = Path(settings["data"])
+    root = evaluation_root(settings, data)
     classes = classes or settings["classes"]
     check_dataset(root, classes, splits=("test",))
     if save_maps:

@@ -22,11 +22,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mambaadv2_ref.checkpoint import write_json
-from mambaadv2_ref.data import MVTecDataset, check_dataset, embedded_dataset_root
-from mambaadv2_ref.evaluate import predict_split
+from mambaadv2_ref.data import MVTecDataset, check_dataset
+from mambaadv2_ref.evaluate import evaluation_root, predict_split
 from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.runtime import resolve_device
@@ -86,15 +85,13 @@ def study(run, data=None, device="auto", batch_size: int = 8) -> dict:
     device = resolve_device(device)
     model, meta = load_detector(run, device=device)
     settings = meta["train"]
-    root = Path(data) if data is not None else (
-        embedded_dataset_root() if settings.get("embedded") else Path(settings["data"]))
+    root = evaluation_root(settings, data)
     check_dataset(root, settings["classes"], splits=("test",))
     splits = {}
     for cls in settings["classes"]:
         dataset = MVTecDataset(root, classes=[cls], split="test",
                                image_size=settings["image_size"])
-        with torch.no_grad():
-            splits[cls] = predict_split(model, dataset, device, batch_size, desc=f"maps {cls}")
+        splits[cls] = predict_split(model, dataset, device, batch_size, desc=f"maps {cls}")
     return {"environment": environment(device),
             "detector": {"run": str(run), "model": meta["model"], "step": meta["step"],
                          "profile": _name(meta.get("profile")),
