@@ -75,3 +75,52 @@ def test_speed_rows_are_selected_by_prefixes_in_their_order():
         preset("paper", model=model, backend=backend, **overrides)
     with pytest.raises(ValueError, match="selects no row"):
         select_rows("v3")
+
+
+def test_warm_up_compiles_the_compiling_rows_in_parallel_and_hands_back_cold_times(
+        tmp_path, monkeypatch):
+    """`speed --warm K`: the rows whose first step compiles (torch.compile, v2's Triton
+    kernels) are run as one `speed --iters 1 --exact` subprocess each, K at a time; each
+    warm-up's first-step seconds come back as that row's cold compile time, with how many
+    compiles were in flight; a warm-up that wrote nothing is an error, not a number."""
+    import subprocess
+    import time
+
+    from mambaadv2_ref.studies import gpu_sitting
+
+    labels = ["v2 scans decay_deep torch fp32", "v2 compiled decay_deep torch fp32",
+              "v2 scans decay_deep mamba_ssm fp32", "v1 mamba_ssm fp32",
+              "v2 compiled chunk 16 decay_deep torch bf16"]
+    compiling = gpu_sitting.compiling_rows(labels)
+    assert compiling == ["v2 compiled decay_deep torch fp32",
+                         "v2 scans decay_deep mamba_ssm fp32",
+                         "v2 compiled chunk 16 decay_deep torch bf16"]
+    started = []
+
+    class FakeProcess:
+        returncode = 0
+
+        def __init__(self, cmd, stdout, stderr):
+            args = dict(zip(cmd[::1], cmd[1:]))
+            label, tag = args["--prefix"], args["--tag"]
+            assert "--exact" in cmd and "--no-profile" in cmd and args["--iters"] == "1"
+            started.append((label, len(started)))
+            if label != "v2 scans decay_deep mamba_ssm fp32":  # that one "crashes"
+                (tmp_path / f"speed_{tag}.json").write_text(json.dumps(
+                    {"rows": [{"label": label, "first_step_s": 100.0 + len(started),
+                               "first_infer_s": 40.0}]}))
+            else:
+                self.returncode = 1
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    cold = gpu_sitting.warm_rows(tmp_path, compiling, at_once=2,
+                                 deadline=time.monotonic() + 600)
+    assert [label for label, _ in started] == compiling
+    assert cold["v2 compiled decay_deep torch fp32"] == {
+        "label": "v2 compiled decay_deep torch fp32", "first_step_s": 101.0,
+        "first_infer_s": 40.0, "parallel": 2}
+    assert cold["v2 compiled chunk 16 decay_deep torch bf16"]["parallel"] == 1
+    assert cold["v2 scans decay_deep mamba_ssm fp32"] == {"error": "warm-up exited with 1"}

@@ -82,6 +82,9 @@ SPEED_ROWS.update({
     "v2 compiled chunk 16 decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "chunk_size": 16}),
+    "v2 compiled chunk 16 decay_deep torch bf16": (
+        "mambaadv2", "torch", "bf16", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "chunk_size": 16}),
     "v2 compiled reduce-overhead decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",
                                        "compile_mixer": "reduce-overhead"}),
@@ -162,12 +165,62 @@ def profile_row(label: str, out: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str) -> None:
-    """The rows of the speed grid that `prefix` selects (`select_rows`), the profiles among them,
-    then (tag "v1") the scaling study, until `seconds` have passed; OUT/speed_TAG.json."""
+def compiling_rows(labels: list[str]) -> list[str]:
+    """The labels whose first step compiles kernels: torch.compile of the mixers
+    (`compile_mixer`) or mamba-ssm's Triton kernels (backend "mamba_ssm", v2 only)."""
+    return [label for label in labels
+            if SPEED_ROWS[label][3].get("compile_mixer")
+            or (SPEED_ROWS[label][1] == "mamba_ssm" and SPEED_ROWS[label][0] == "mambaadv2")]
+
+
+def warm_rows(out: Path, labels: list[str], at_once: int, deadline: float) -> dict[str, dict]:
+    """Compile the graphs of `labels` before they are timed: one `speed --iters 1` subprocess
+    per row, `at_once` at a time, so that torch.compile's and Triton's disk caches hold them
+    when the rows are benched one by one (compilation is CPU work and overlaps; timing does
+    not). Returns {label: that process's row}: its first_step_s and first_infer_s are the cold
+    compile times, measured beside the other compiles in flight."""
+    cold: dict[str, dict] = {}
+    todo = list(labels)
+    while todo and time.monotonic() < deadline - 30:
+        batch, todo = todo[:at_once], todo[at_once:]
+        procs = []
+        for i, label in enumerate(batch):
+            tag = f"warm{len(cold) + i}"
+            log = open(out / f"log_{tag}.txt", "w")  # noqa: SIM115 (closed below)
+            procs.append((label, tag, log, subprocess.Popen(
+                [sys.executable, "-m", "mambaadv2_ref.studies.gpu_sitting", "speed", "--out",
+                 str(out), "--seconds", str(max(60.0, deadline - time.monotonic() - 20)),
+                 "--iters", "1", "--prefix", label, "--tag", tag, "--exact", "--no-profile"],
+                stdout=log, stderr=subprocess.STDOUT)))
+        for label, tag, log, proc in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic() - 20))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            path = out / f"speed_{tag}.json"
+            rows = json.loads(path.read_text())["rows"] if path.exists() else []
+            cold[label] = dict(rows[0], parallel=len(batch)) if rows else {
+                "error": f"warm-up exited with {proc.returncode}"}
+    return cold
+
+
+def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str, warm: int = 0,
+          exact: bool = False, profile: bool = True) -> None:
+    """The rows of the speed grid that `prefix` selects (`select_rows`; with `exact`, the one
+    row named), the profiles among them, then (tag "v1") the scaling study, until `seconds`
+    have passed; OUT/speed_TAG.json. With `warm` > 0 the rows that compile kernels are first
+    compiled `warm` at a time in parallel (`warm_rows`); each such row then records the cold
+    compile seconds of its warm-up as cold_first_step_s, cold_first_infer_s and
+    cold_parallel, and its own first_step_s is the warm-cache figure. `profile=False` skips
+    the profiler tables."""
     deadline = time.monotonic() + seconds
     result = {"environment": environment(torch.device("cuda")), "rows": []}
-    labels = select_rows(prefix)
+    if exact and prefix not in SPEED_ROWS:
+        raise ValueError(f"--prefix {prefix!r} with --exact names no row of SPEED_ROWS")
+    labels = [prefix] if exact else select_rows(prefix)
+    cold = warm_rows(out, compiling_rows(labels), warm, deadline) if warm > 0 else {}
     for label in labels:
         if time.monotonic() > deadline - 30:
             result["rows"].append({"label": label, "skipped": "time box"})
@@ -175,13 +228,18 @@ def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str) -> None:
         t0 = time.monotonic()
         row = bench_row(label, iters)
         row["wall_s"] = time.monotonic() - t0
+        if label in cold:
+            row.update({"cold_first_step_s": cold[label].get("first_step_s"),
+                        "cold_first_infer_s": cold[label].get("first_infer_s"),
+                        "cold_parallel": cold[label].get("parallel"),
+                        "cold_error": cold[label].get("error")})
         result["rows"].append(row)
         write_json(out / f"speed_{tag}.json", result)
         print(f"{label}: " + (row.get("error") or
               f"train {row['train_images_per_s']:.1f} img/s, infer {row['infer_images_per_s']:.1f}"
               f" img/s, peak {row['train_peak_memory_bytes'] / 2**30:.1f} GiB, first step "
               f"{row['first_step_s']:.1f} s"), flush=True)
-    for label in PROFILED:
+    for label in PROFILED if profile else ():
         if label in labels and time.monotonic() < deadline - 40:
             try:
                 profile_row(label, out)
@@ -346,11 +404,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="",
                         help="speed: comma-separated label prefixes (rows in that order)")
     parser.add_argument("--tag", default="all", help="speed: OUT/speed_TAG.json")
+    parser.add_argument("--warm", type=int, default=0,
+                        help="speed: compile the compiling rows this many at a time in parallel "
+                             "before timing them one by one (0: no warm-up)")
+    parser.add_argument("--exact", action="store_true",
+                        help="speed: --prefix is one row's whole label")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="speed: skip the profiler tables of the PROFILED rows")
     args = parser.parse_args(argv)
+    if args.warm < 0:
+        parser.error(f"--warm must be >= 0, got {args.warm}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "speed":
-        speed(out, args.seconds, args.iters, args.prefix, args.tag)
+        speed(out, args.seconds, args.iters, args.prefix, args.tag, args.warm, args.exact,
+              profile=not args.no_profile)
     else:
         if not args.runs:
             parser.error("train needs --runs")
