@@ -17,6 +17,8 @@ def test_printed_speed_lines_become_rows_and_training_records_become_rows(tmp_pa
          "precision": "fp32", "profile": "paper", "batch_size": 16, "device_name": "NVIDIA H200",
          "train_images_per_s": 100.0, "infer_images_per_s": 300.0,
          "train_peak_memory_bytes": 2**30, "first_step_s": 1.0}]}))
+    (s1 / "speed_warm0.json").write_text(json.dumps({"environment": env, "rows": [
+        {"label": "v1 mamba_ssm bf16", "train_images_per_s": 1.0}]}))  # a warm-up: left out
     (s1 / "speed_v2.log").write_text(
         "noise\nv2 scans decay_deep torch fp32: train 47.0 img/s, infer 147.1 img/s, peak 22.3"
         " GiB, first step 0.4 s\nnot a row: train 1 img/s\n")

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from mambaadv2_ref.checkpoint import write_json
-from mambaadv2_ref.studies.gpu_sitting import SPEED_ROWS
+from mambaadv2_ref.studies.gpu_sitting import SPEED_ROWS, WARM_TAG
 from mambaadv2_ref.studies.results import read_json
 from mambaadv2_ref.studies.scaling import plot_scaling
 from mambaadv2_ref.studies.speed import plot_speed
@@ -58,8 +58,10 @@ FIRST_SITTING_NOTES = (
 def collect_speed(folder: Path, results: Path, name: str = "speed_paper_gpu",
                   notes: str = FIRST_SITTING_NOTES) -> None:
     """NAME.json/png (the speed rows, each command's folder file speed_TAG.json),
-    scaling_paper_gpu.json/png and the profiler tables."""
-    files = sorted(folder.glob("speed_*.json"))
+    scaling_paper_gpu.json/png and the profiler tables. Warm-up files (speed_warmN.json) are
+    left out: their cold compile seconds are already in the timed rows."""
+    files = sorted(f for f in folder.glob("speed_*.json")
+                   if not f.stem.startswith(f"speed_{WARM_TAG}"))
     environment = json.loads(files[0].read_text())["environment"] if files else {}
     rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
     labels = {r["label"] for r in rows}

@@ -173,6 +173,9 @@ def compiling_rows(labels: list[str]) -> list[str]:
             or (SPEED_ROWS[label][1] == "mamba_ssm" and SPEED_ROWS[label][0] == "mambaadv2")]
 
 
+WARM_TAG = "warm"  # speed_warmN.json: a warm-up's cold row, folded into the timed row
+
+
 def warm_rows(out: Path, labels: list[str], at_once: int, deadline: float) -> dict[str, dict]:
     """Compile the graphs of `labels` before they are timed: one `speed --iters 1` subprocess
     per row, `at_once` at a time, so that torch.compile's and Triton's disk caches hold them
@@ -185,7 +188,7 @@ def warm_rows(out: Path, labels: list[str], at_once: int, deadline: float) -> di
         batch, todo = todo[:at_once], todo[at_once:]
         procs = []
         for i, label in enumerate(batch):
-            tag = f"warm{len(cold) + i}"
+            tag = f"{WARM_TAG}{len(cold) + i}"
             log = open(out / f"log_{tag}.txt", "w")  # noqa: SIM115 (closed below)
             procs.append((label, tag, log, subprocess.Popen(
                 [sys.executable, "-m", "mambaadv2_ref.studies.gpu_sitting", "speed", "--out",

@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import statistics
-import textwrap
 import time
 from pathlib import Path
 
@@ -315,25 +314,31 @@ def load_table(path) -> list[dict]:
 
 
 def plot_speed(rows: list[dict], path: Path) -> None:
-    """Grouped bars of training and inference images/s per configuration."""
+    """Horizontal grouped bars of training and inference images/s per configuration, one
+    configuration per line (readable for a whole grid), in the rows' order from the top."""
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if "skipped" not in r and "error" not in r]
-    labels = ["\n".join(textwrap.wrap(r["label"], 16)) if "label" in r
-              else f"{r['model']}\n{r['backend']}\n{r['precision']}" for r in done]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(done)), 4))
-    x = range(len(done))
-    ax.bar([i - 0.2 for i in x], [r["train_images_per_s"] for r in done], 0.4, label="training")
-    ax.bar([i + 0.2 for i in x], [r["infer_images_per_s"] for r in done], 0.4,
-           label="inference (with anomaly maps)")
-    ax.set_xticks(list(x), labels, fontsize=8)
-    ax.set_ylabel("images / s")
+    labels = [r["label"] if "label" in r else f"{r['model']} {r['backend']} {r['precision']}"
+              for r in done]
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.42 * len(done) + 1.2)))
+    y = range(len(done))
+    ax.barh([i - 0.2 for i in y], [r["train_images_per_s"] for r in done], 0.4,
+            label="training")
+    ax.barh([i + 0.2 for i in y], [r["infer_images_per_s"] for r in done], 0.4,
+            label="inference (with anomaly maps)")
+    for i, r in enumerate(done):
+        for dy, key in ((-0.2, "train_images_per_s"), (0.2, "infer_images_per_s")):
+            ax.text(r[key], i + dy, f" {r[key]:.0f}", va="center", fontsize=7)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()  # the first row on top
+    ax.set_xlabel("images / s")
     device = done[0]["device_name"] if done else "?"
     ax.set_title(f"speed at profile {done[0]['profile'] if done else '?'} on {device}")
     top = max([r["infer_images_per_s"] for r in done] + [r["train_images_per_s"] for r in done],
               default=1.0)
-    ax.set_ylim(0, 1.3 * top)  # room for the legend above the bars
-    ax.legend(loc="upper left", ncols=2)
+    ax.set_xlim(0, 1.15 * top)  # room for the value labels
+    ax.legend(loc="upper right", fontsize=8)  # the first rows (the slowest) leave room
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
