@@ -207,3 +207,26 @@ def test_bad_input_is_named():
         compute_metrics(scores, labels, maps, wrong)
     with pytest.raises(ValueError, match="method"):
         pixel_metrics(maps, masks, method="fast")
+
+
+def test_auroc_standard_error_matches_the_spread_of_auroc_over_resampled_test_sets():
+    """Eq. (4): on binormal scores (normal ~ N(0, 1), anomalous ~ N(1.8, 1), true AUROC
+    Phi(1.8 / sqrt 2) = 0.899) with BSData's test sizes (87 anomalous, 103 normal), the
+    Hanley-McNeil standard error agrees with the standard deviation of the measured AUROC over
+    many drawn test sets; a bad argument is an error naming it."""
+    import pytest
+
+    from mambaadv2_ref.metrics.curves import auroc_from_counts, auroc_standard_error, exact_counts
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(87), np.zeros(103)]
+    measured = [auroc_from_counts(*exact_counts(
+        np.r_[rng.normal(1.8, 1, 87), rng.normal(0, 1, 103)], labels)) for _ in range(1500)]
+    se = auroc_standard_error(float(np.mean(measured)), 87, 103)
+    assert abs(np.mean(measured) - 0.899) < 0.005
+    assert 0.85 < se / np.std(measured) < 1.15, (se, np.std(measured))
+    assert auroc_standard_error(1.0, 10, 10) == 0.0
+    with pytest.raises(ValueError, match="fraction, not percent"):
+        auroc_standard_error(89.0, 87, 103)
+    with pytest.raises(ValueError, match="num_pos"):
+        auroc_standard_error(0.9, 0, 103)

@@ -103,7 +103,7 @@ def test_warm_up_compiles_the_compiling_rows_in_parallel_and_hands_back_cold_tim
         returncode = 0
 
         def __init__(self, cmd, stdout, stderr):
-            args = dict(zip(cmd[::1], cmd[1:]))
+            args = dict(zip(cmd, cmd[1:], strict=False))  # each word -> the next
             label, tag = args["--prefix"], args["--tag"]
             assert "--exact" in cmd and "--no-profile" in cmd and args["--iters"] == "1"
             started.append((label, len(started)))

@@ -15,6 +15,11 @@ From the counts, with P positives and N negatives:
     AP    = sum_k (R_k - R_{k-1}) * P_k,  P_k = TP_k/(TP_k+FP_k), R_k = TP_k/P  (2)
     F1max = max_k 2 TP_k / (TP_k + FP_k + P)                                  (3)
 
+How far an AUROC A measured on P positives and N negatives may be from the model's true one
+(Hanley and McNeil, 1982, with Q1 = A / (2 - A), Q2 = 2 A^2 / (1 + A)):
+
+    SE(A) = sqrt((A (1 - A) + (P - 1)(Q1 - A^2) + (N - 1)(Q2 - A^2)) / (P N))      (4)
+
 (3) is 2PR/(P+R) rewritten with counts; it is the max over the whole PR curve (exact), not
 ADer's max over 20 normalised thresholds 0, 0.05, ..., 1 for pixels, which can only be lower.
 
@@ -105,6 +110,29 @@ def auroc_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
     tpr = np.r_[0.0, tps / num_pos]
     fpr = np.r_[0.0, fps / num_neg]
     return float(np.trapezoid(tpr, fpr))
+
+
+def auroc_standard_error(auroc: float, num_pos: int, num_neg: int) -> float:
+    """Standard error of an AUROC measured on a finite test set (Hanley and McNeil, 1982).
+
+    Args:
+        auroc: the measured AUROC A in [0, 1] (not percent).
+        num_pos, num_neg: P anomalous and N normal test images (each >= 1).
+
+    Returns:
+        SE(A), in the units of `auroc`. Two AUROCs of different detectors on the same images
+        that differ by less than about 2 SE cannot be told apart by that test set.
+
+    Implements: eq. (4).
+    """
+    if not 0.0 <= auroc <= 1.0:
+        raise ValueError(f"auroc must be in [0, 1] (a fraction, not percent), got {auroc}")
+    if num_pos < 1 or num_neg < 1:
+        raise ValueError(f"need num_pos >= 1 and num_neg >= 1, got {num_pos}, {num_neg}")
+    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
+    var = (auroc * (1 - auroc) + (num_pos - 1) * (q1 - auroc**2)
+           + (num_neg - 1) * (q2 - auroc**2)) / (num_pos * num_neg)
+    return float(np.sqrt(max(var, 0.0)))
 
 
 def ap_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
