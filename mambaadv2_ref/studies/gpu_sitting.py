@@ -10,6 +10,9 @@ first, then the mamba-ssm kernel rows, whose first step compiles the Triton kern
 are recorded as `first_step_s`), profiles the rows of PROFILED among them, and with tag "v1"
 (run after mamba-ssm's CUDA scan is built) the decoder scaling study while time is left;
 everything lands in OUT/speed_TAG.json, OUT/profile_*.txt and OUT/scaling.json as measured.
+`speed --warm K` first compiles the rows that compile (torch.compile, Triton) K at a time in
+parallel subprocesses, then times every row alone on the warm disk caches (measured on an H200,
+2026-12-02: six compiled rows in 277 s for the whole command, against ~150 s each one by one).
 `train` starts every run of a JSON list at once (one subprocess each, `--resume`, a
 checkpoint every `checkpoint_every` steps), evaluates their snapshots while they train (the
 metric-vs-steps curve), stops them at the deadline with SIGINT and then SIGKILL, and evaluates
