@@ -43,3 +43,17 @@ def test_rows_hold_every_rule_and_class():
     assert by["max"]["metrics"]["I-AUROC"] == 100.0
     assert set(by["max"]["classes"]) == {"a", "b"}
     assert by["mean"]["metrics"]["I-AUROC"] < 100.0
+
+
+def test_rows_keep_the_per_image_scores_their_metrics_come_from():
+    """Each row stores every class's per-image scores and labels; recomputing the image
+    metrics from them gives the row's numbers (what a later paired comparison relies on)."""
+    from mambaadv2_ref.metrics.summary import image_metrics
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1, 0, 1, 0, 1, 1])
+    maps = rng.random((7, 12, 12)) + labels[:, None, None] * rng.random((7, 1, 1))
+    for row in score_rules({"c": {"maps": maps, "labels": labels}}):
+        assert row["labels"]["c"] == labels.tolist() and len(row["scores"]["c"]) == 7
+        again = image_metrics(np.array(row["scores"]["c"]), labels, cls="c")
+        assert {k: 100 * v for k, v in again.items()} == pytest.approx(row["classes"]["c"])

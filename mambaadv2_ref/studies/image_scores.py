@@ -59,19 +59,28 @@ def image_score(maps: np.ndarray, rule: str) -> np.ndarray:
 
 
 def score_rules(splits: dict[str, dict]) -> list[dict]:
-    """One row per rule: the image metrics per class and their mean, in percent.
+    """One row per rule: the image metrics per class and their mean, in percent, and each
+    class's per-image scores under the rule (so that detectors scored on the same images can
+    be compared image by image later, e.g. a paired bootstrap).
 
     Args:
         splits: class -> {"maps": (N, H, W), "labels": (N,)} (as `evaluate.predict_split`).
+    Returns:
+        [{rule, metrics: {I-AUROC, I-AP, I-F1max}, classes: {class: metrics},
+          scores: {class: N floats}}], plus the labels under the key "labels" of each row.
     """
     rows = []
     for rule in RULES:
-        per_class = {cls: image_metrics(image_score(s["maps"], rule), s["labels"], cls=cls)
+        scores = {cls: image_score(s["maps"], rule) for cls, s in splits.items()}
+        per_class = {cls: image_metrics(scores[cls], s["labels"], cls=cls)
                      for cls, s in splits.items()}
         mean = {k: 100 * float(np.mean([m[k] for m in per_class.values()])) for k in IMAGE_KEYS}
         rows.append({"rule": rule, "metrics": mean,
                      "classes": {c: {k: 100 * v for k, v in m.items()}
-                                 for c, m in per_class.items()}})
+                                 for c, m in per_class.items()},
+                     "scores": {c: v.tolist() for c, v in scores.items()},
+                     "labels": {c: np.asarray(s["labels"]).astype(int).tolist()
+                                for c, s in splits.items()}})
     return rows
 
 
