@@ -41,7 +41,7 @@ PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
 COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl",
-                    "stack_scans", "compile_mixer", "chunk_size")
+                    "stack_scans", "compile_mixer", "chunk_size", "scan_float32")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 
@@ -151,6 +151,10 @@ class ModelConfig:
             first step compiles (minutes at the paper profile, cached on disk).
         checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
+        scan_float32: under bf16 autocast, run the HSS scans with autocast off (float32 inputs
+            and matrix products, `blocks.hss.scans_in_float32`); without autocast it changes
+            nothing (tested equal), under it the scans come closer to the float32 function
+            (tested). False keeps the bf16 route that the committed bf16 runs used.
         position_aware: rotary angles and trapezoid factor (Mamba-3) on/off.
         rope_fraction: fraction of d_state that the rotary angles turn (Mamba-3: 0.5).
         dwconv: depthwise 3x3 conv + SiLU on x before the scan (v2; v1 always has it).
@@ -184,6 +188,7 @@ class ModelConfig:
     compile_mixer: str = "off"
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
+    scan_float32: bool = False
     position_aware: bool = True
     rope_fraction: float = 0.5
     dwconv: bool = True

@@ -48,6 +48,8 @@ W window, `A_log` -> log(-A_h), `dt_bias` -> Delta bias, `B_bias`/`C_bias` -> b_
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,6 +99,16 @@ def matrix_cost(L: int, max_tokens: int) -> int:
     return L * min(L, max_tokens)
 
 
+def scans_in_float32(enabled: bool, device_type: str):
+    """The context the HSS scans run in: autocast switched off when `enabled` and autocast is
+    on for `device_type` (`scan_float32`), so that their inputs stay float32 and their matrix
+    products run in float32 instead of casting back and forth to bf16; else a no-op. Outside
+    autocast both are the same computation."""
+    if enabled and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
+
+
 class HSS(nn.Module):
     """The HSS mixer (eqs. 1-8 without the residual): K-direction dual-path SSD / Mamba-3.
 
@@ -105,8 +117,8 @@ class HSS(nn.Module):
         plan: StagePlan (curve, num_directions) of the stage.
         cfg: the model config (`ModelConfig`); the block reads d_state (N), headdim (p),
             expand (d_inner = expand C), ngroups (g), chunk_size (Q), path_mode, matrix_causal,
-            matrix_max_tokens (W), matrix_impl, stack_scans, checkpoint_matrix, position_aware,
-            rope_fraction, dwconv, bc_norm and backend.
+            matrix_max_tokens (W), matrix_impl, stack_scans, checkpoint_matrix, scan_float32,
+            position_aware, rope_fraction, dwconv, bc_norm and backend.
     """
 
     def __init__(self, dim: int, plan: StagePlan, cfg):
@@ -160,7 +172,8 @@ class HSS(nn.Module):
             B, C = self.B_norm(B), self.C_norm(C)
         delta = F.softplus(dt + self.dt_bias)  # eq. (4), (BK, L, h)
         A = -torch.exp(self.A_log)
-        y = self.dual_paths(x, delta, A, B, C, trap, angles)  # eqs. (5)-(6), fused: (7)
+        with scans_in_float32(self.cfg.scan_float32, u.device.type):
+            y = self.dual_paths(x, delta, A, B, C, trap, angles)  # eqs. (5)-(6), fused: (7)
         y = y + self.D[:, None] * x  # eq. (7)
         y = y.reshape(Bsz, -1, H * W, self.d_inner)  # (B, K, L, d_inner)
         y = self.scanner.merge(y, H, W)  # eq. (8)
@@ -198,7 +211,8 @@ class HSS(nn.Module):
         Args: as `scan_inputs`. Returns (BK, L, h, p), without D x.
         """
         q, k, xbar, log_a, shifted = self.scan_inputs(x, delta, A, B, C, trap, angles)
-        q, k, xbar = q.to(x.dtype), k.to(x.dtype), xbar.to(x.dtype)  # bf16 under autocast
+        if not self.cfg.scan_float32:
+            q, k, xbar = q.to(x.dtype), k.to(x.dtype), xbar.to(x.dtype)  # bf16 under autocast
         diagonal = 0.0  # the trapezoid's previous-step term counted at s = t (M3.6)
         if shifted is not None:
             qk = diagonal_scores(k, q, self.heads)  # (BK, L, h)

@@ -88,6 +88,12 @@ SPEED_ROWS.update({
     "v2 compiled chunk 16 decay_deep torch bf16": (
         "mambaadv2", "torch", "bf16", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "chunk_size": 16}),
+    "v2 compiled scan_float32 decay_deep torch bf16": (
+        "mambaadv2", "torch", "bf16", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "scan_float32": True}),
+    "v2 compiled chunk 16 scan_float32 decay_deep torch bf16": (
+        "mambaadv2", "torch", "bf16", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "chunk_size": 16, "scan_float32": True}),
     "v2 compiled reduce-overhead decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",
                                        "compile_mixer": "reduce-overhead"}),
