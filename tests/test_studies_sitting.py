@@ -126,3 +126,16 @@ def test_warm_up_compiles_the_compiling_rows_in_parallel_and_hands_back_cold_tim
         "first_infer_s": 40.0, "parallel": 2}
     assert cold["v2 compiled chunk 16 decay_deep torch bf16"]["parallel"] == 1
     assert cold["v2 scans decay_deep mamba_ssm fp32"] == {"error": "warm-up exited with 1"}
+
+
+def test_training_processes_share_the_usable_cpus_unless_told():
+    """Each of N parallel runs gets OMP_NUM_THREADS = usable CPUs // N (at least 1); a value the
+    caller set is kept."""
+    from mambaadv2_ref.studies.gpu_sitting import run_environment
+    from mambaadv2_ref.studies.results import usable_cpus
+
+    cpus = usable_cpus()
+    assert run_environment(2, {"PATH": "/bin"}) == {
+        "PATH": "/bin", "OMP_NUM_THREADS": str(max(1, cpus // 2))}
+    assert run_environment(10 * cpus, {})["OMP_NUM_THREADS"] == "1"
+    assert run_environment(3, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"

@@ -84,3 +84,23 @@ def test_earlier_rows_join_the_curves_of_a_tagged_file(tmp_path):
             tmp_path / "a" / "training_curves_bsdata_paper_gpu.json", ["v2_s9"])
     with pytest.raises(ValueError, match="both hold run"):
         training_curves.collect([tmp_path / "old"], tmp_path / "c", earlier=earlier)
+
+
+def test_earlier_converged_rows_stay_in_the_rewritten_converged_file(tmp_path):
+    _write(tmp_path / "old", [_record("v2_s0", "mambaadv2", 0, 400, 400, [(400, 0.60)], 0.6),
+                              _record("v2_s1", "mambaadv2", 1, 300, 400, [(200, 0.62)])])
+    training_curves.collect([tmp_path / "old"], tmp_path / "a")
+    names = ["v2_s0", "v2_s1"]
+    earlier = training_curves.earlier_rows(
+        tmp_path / "a" / "training_curves_bsdata_paper_gpu.json", names)
+    done = training_curves.earlier_converged(tmp_path / "a" / "converged_bsdata_paper_gpu.json",
+                                             names)
+    assert [r["run"] for r in done] == ["v2_s0"]  # v2_s1 did not finish: no row, no error
+    _write(tmp_path / "new", [_record("v2_s2", "mambaadv2", 2, 400, 400, [(400, 0.66)], 0.66)])
+    training_curves.collect([tmp_path / "new"], tmp_path / "b", earlier=earlier,
+                            earlier_done=done)
+    converged = json.loads((tmp_path / "b" / "converged_bsdata_paper_gpu.json").read_text())
+    assert [(r["run"], r["metrics"]["mAD"]) for r in converged["rows"]] == [
+        ("v2_s0", 60.0), ("v2_s2", 66.0)]
+    with pytest.raises(ValueError, match="both hold run"):
+        training_curves.collect([tmp_path / "old"], tmp_path / "c", earlier_done=done)

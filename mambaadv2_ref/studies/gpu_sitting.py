@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from mambaadv2_ref.checkpoint import MANIFEST, list_snapshots, write_json
-from mambaadv2_ref.studies.results import environment
+from mambaadv2_ref.studies.results import environment, usable_cpus
 
 # label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px
 SPEED_ROWS: dict[str, tuple[str, str, str, dict]] = {}
@@ -347,6 +347,19 @@ def snapshot_curve(run_dir: Path) -> list[dict]:
     return curve
 
 
+def run_environment(parallel: int, env: dict | None = None) -> dict:
+    """The environment of one of `parallel` training processes: OMP_NUM_THREADS set to its
+    share of the usable CPUs, unless the caller set it. Each PyTorch process otherwise starts
+    one CPU thread per core, and several runs then oversubscribe the CPUs. Seen on H200 machines
+    (2026-12-03), two commands on two machines, so not a controlled comparison: three runs with
+    no thread limit trained at ~9 img/s each beside a 6-job CUDA build and after it; in the
+    next command (4 usable CPUs, OMP_NUM_THREADS=4) a paper-profile v2 run trained at 75-95
+    img/s beside a 4-job build, and at ~60 beside a v1 run."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // max(1, parallel))))
+    return env
+
+
 def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1) -> None:
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
@@ -362,7 +375,8 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
                *resume, *run["args"]]
         log = open(out / f"log_{run['name']}.txt", "a")  # noqa: SIM115 (closed at the end)
         procs[run["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True), log)
+                                               start_new_session=True,
+                                               env=run_environment(len(runs))), log)
     eval_reserve = 60  # the evaluations run at once at the end
     snapshots = SnapshotEvaluator(root, [run["name"] for run in runs], out, eval_workers)
     while time.monotonic() < deadline - eval_reserve and any(

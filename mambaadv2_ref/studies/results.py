@@ -26,6 +26,15 @@ DETECTORS_DIR = Path(__file__).resolve().parents[2] / "book" / "detectors"
 DETECTORS_ENV = "MAMBAADV2_REF_DETECTORS"  # another folder holding the book's detectors
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; os.cpu_count() where the platform
+    has none): a container can see all of a host's cores and be allowed only a few."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def environment(device: torch.device | None = None) -> dict:
     """Date, host, library versions and scan backends, stored beside every measured result.
 
@@ -42,8 +51,10 @@ def environment(device: torch.device | None = None) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
     else:
         env["cpu"] = platform.processor() or platform.machine()
-        env["cpu_count"] = os.cpu_count()
-        env["load_average_1_5_15min"] = list(os.getloadavg())
+    # the host's CPUs bound GPU runs too (data loading, kernel launches, compilation)
+    env["cpu_count"] = os.cpu_count()
+    env["usable_cpus"] = usable_cpus()
+    env["load_average_1_5_15min"] = list(os.getloadavg())
     for package in ("triton", "mamba_ssm"):
         try:
             env[package] = version(package)

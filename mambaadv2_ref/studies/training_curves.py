@@ -2,7 +2,8 @@
 that finished their schedule (the `converged_*` results files).
 
     python -m mambaadv2_ref.studies.training_curves --train C1 C2 C3 --results book/results
-        [--tag TAG] [--earlier training_curves_X_gpu.json --earlier-runs RUN1,RUN2]
+        [--tag TAG] [--earlier training_curves_X_gpu.json --earlier-runs RUN1,RUN2
+         [--earlier-converged converged_X_gpu.json]]
 
 C1, C2, ...: folders of `gpu_sitting train` commands, in order (each holds train_RUN.json with the
 run's evaluated snapshots, `curve`, and its latest metrics). A run met in several commands keeps
@@ -156,8 +157,15 @@ def earlier_rows(curves_file: Path, runs: list[str]) -> list[dict]:
     return [r for r in rows if r["run"] in runs]
 
 
+def earlier_converged(converged_file: Path, runs: list[str]) -> list[dict]:
+    """The rows of `runs` in a committed converged_*.json (those of them that finished their
+    schedule in an earlier sitting; a run that did not finish has no row and is skipped)."""
+    rows = json.loads(Path(converged_file).read_text())["rows"]
+    return [r for r in rows if r["run"] in runs]
+
+
 def collect(folders: list[Path], results: Path, note: str = "", tag: str = "",
-            earlier: list[dict] = ()) -> list[Path]:
+            earlier: list[dict] = (), earlier_done: list[dict] = ()) -> list[Path]:
     """Write the curves and converged files of every (dataset, profile); return their paths.
 
     Args:
@@ -169,7 +177,7 @@ def collect(folders: list[Path], results: Path, note: str = "", tag: str = "",
             (dataset, profile) curves and summaries; run names must not repeat the folders'.
     """
     runs = merge_records(folders)
-    clash = sorted({r["run"] for r in earlier} & set(runs))
+    clash = sorted({r["run"] for r in [*earlier, *earlier_done]} & set(runs))
     if clash:
         raise ValueError(f"earlier rows and the train folders both hold run(s) {clash}")
     results.mkdir(parents=True, exist_ok=True)
@@ -198,7 +206,8 @@ def collect(folders: list[Path], results: Path, note: str = "", tag: str = "",
             fig.savefig(results / f"training_curves_{stem}.png", dpi=110)
             written += [results / f"training_curves_{stem}.json",
                         results / f"training_curves_{stem}.png"]
-        finished = [row for record in records if (row := converged_row(record))]
+        finished = [r for r in earlier_done if (r["dataset"], r["profile"]) == (dataset, profile)]
+        finished += [row for record in records if (row := converged_row(record))]
         if finished:
             write_json(results / f"converged_{stem}.json", {
                 "rows": finished,
@@ -218,14 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--earlier", type=Path, default=None,
                         help="a committed training_curves_*.json holding runs of an earlier "
                              "sitting to include (with --earlier-runs)")
+    parser.add_argument("--earlier-converged", type=Path, default=None,
+                        help="a committed converged_*.json whose rows of --earlier-runs are kept "
+                             "in the converged file written")
     parser.add_argument("--earlier-runs", default="",
                         help="comma list of the run names to take from --earlier")
     args = parser.parse_args(argv)
     names = [n for n in args.earlier_runs.split(",") if n]
     if bool(args.earlier) != bool(names):
         parser.error("--earlier and --earlier-runs go together")
+    if args.earlier_converged and not names:
+        parser.error("--earlier-converged needs --earlier-runs")
     earlier = earlier_rows(args.earlier, names) if args.earlier else []
-    for path in collect(args.train, args.results, args.note, args.tag, earlier):
+    done = earlier_converged(args.earlier_converged, names) if args.earlier_converged else []
+    for path in collect(args.train, args.results, args.note, args.tag, earlier, done):
         print(path)
     return 0
 
