@@ -57,3 +57,37 @@ def test_rows_keep_the_per_image_scores_their_metrics_come_from():
         assert row["labels"]["c"] == labels.tolist() and len(row["scores"]["c"]) == 7
         again = image_metrics(np.array(row["scores"]["c"]), labels, cls="c")
         assert {k: 100 * v for k, v in again.items()} == pytest.approx(row["classes"]["c"])
+
+
+def test_paired_compares_detectors_image_by_image_and_refuses_other_images():
+    """`paired`: per class the I-AUROC difference of two detectors equals the difference of
+    their rows' I-AUROCs and carries eq. (5)'s SE; the mean's SE is sqrt(sum SE^2) / C;
+    detectors scored on other images are refused."""
+    from mambaadv2_ref.metrics.curves import paired_auroc_difference
+    from mambaadv2_ref.studies.image_scores import paired
+
+    rng = np.random.default_rng(2)
+    labels = {c: np.r_[np.ones(9), np.zeros(11)].astype(int) for c in ("a", "b")}
+
+    def detector(name, lift):
+        splits = {c: {"maps": rng.random((20, 8, 8)) + lift * y[:, None, None], "labels": y}
+                  for c, y in labels.items()}
+        return {"detector": {"model": name, "run": name}, "rows": score_rules(splits)}
+
+    one, two = detector("v2", 0.6), detector("v1", 0.3)
+    (row,) = paired([one, two])
+    assert (row["a"], row["b"], row["rule"]) == ("v2", "v1", "max")
+    by = {d["detector"]["model"]: {r["rule"]: r for r in d["rows"]}["max"] for d in (one, two)}
+    for c in ("a", "b"):
+        assert row["classes"][c]["D"] == pytest.approx(
+            by["v2"]["classes"][c]["I-AUROC"] - by["v1"]["classes"][c]["I-AUROC"])
+        _, se = paired_auroc_difference(np.array(by["v2"]["scores"][c]),
+                                        np.array(by["v1"]["scores"][c]), labels[c])
+        assert row["classes"][c]["SE"] == pytest.approx(100 * se)
+    ses = [row["classes"][c]["SE"] for c in ("a", "b")]
+    assert row["mean"]["SE"] == pytest.approx(np.sqrt(sum(s**2 for s in ses)) / 2)
+    other = detector("v0", 0.6)
+    for r in other["rows"]:
+        r["labels"]["a"] = r["labels"]["a"][::-1]
+    with pytest.raises(ValueError, match="same classes and images"):
+        paired([one, other])

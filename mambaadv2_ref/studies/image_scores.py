@@ -8,7 +8,11 @@ so this is our reading. This study scores the maps of one trained detector, once
     top q      s = mean of the q * H * W largest values of A    (q = 0.1 %, 1 %, 10 %)
     mean       s = mean_u A(u)
 
-and reports the image metrics (I-AUROC, I-AP, I-F1max, mean over classes) of each rule. The
+and reports the image metrics (I-AUROC, I-AP, I-F1max, mean over classes) of each rule. With
+several detectors scored on the same images, `paired` compares each pair image by image: the
+I-AUROC difference per class and its standard error (eq. (5) of `metrics.curves`), and the
+difference of the class means with SE = sqrt(sum_c SE_c^2) / C (the classes' test images are
+disjoint, so their differences are independent). The
 pixel metrics do not depend on the rule. No rule is chosen on the test set here: the table shows
 how much the unstated choice moves the image-level numbers.
 
@@ -26,6 +30,7 @@ import numpy as np
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.data import MVTecDataset, check_dataset
 from mambaadv2_ref.evaluate import evaluation_root, predict_split
+from mambaadv2_ref.metrics.curves import paired_auroc_difference
 from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.runtime import resolve_device
@@ -84,6 +89,44 @@ def score_rules(splits: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
+    """I-AUROC differences of every pair of detectors on the same images, under one rule.
+
+    Args:
+        detectors: `study` results (each with rows holding per-image scores and labels).
+        rule: a rule of RULES.
+    Returns:
+        [{a, b, rule, classes: {class: {D, SE}}, mean: {D, SE}}] in percent: D = I-AUROC of
+        detector a minus b (eq. (5) per class; the mean over classes with SE = sqrt(sum SE^2)/C).
+    Raises:
+        ValueError: a pair was not scored on the same classes and labels (not the same images).
+    """
+    rows = {}
+    for i, d in enumerate(detectors):
+        rows[i] = next(r for r in d["rows"] if r["rule"] == rule)
+    out = []
+    for i in range(len(detectors)):
+        for j in range(i + 1, len(detectors)):
+            a, b = rows[i], rows[j]
+            if a["labels"] != b["labels"]:
+                raise ValueError(f"detectors {detectors[i]['detector']['run']} and "
+                                 f"{detectors[j]['detector']['run']} were not scored on the "
+                                 "same classes and images (their labels differ)")
+            per = {}
+            for cls, labels in a["labels"].items():
+                d_c, se_c = paired_auroc_difference(np.array(a["scores"][cls]),
+                                                    np.array(b["scores"][cls]),
+                                                    np.array(labels))
+                per[cls] = {"D": 100 * d_c, "SE": 100 * se_c}
+            n = len(per)
+            out.append({"a": detectors[i]["detector"]["model"],
+                        "b": detectors[j]["detector"]["model"], "rule": rule, "classes": per,
+                        "mean": {"D": sum(v["D"] for v in per.values()) / n,
+                                 "SE": float(np.sqrt(sum(v["SE"] ** 2 for v in per.values())))
+                                 / n}})
+    return out
+
+
 def _name(entry):
     """The name of a manifest entry that is a name or a dict with one (profile, encoder)."""
     return entry.get("name") if isinstance(entry, dict) else entry
@@ -121,12 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args(argv)
     results = {"detectors": [study(run, args.data, args.device) for run in args.run]}
+    if len(results["detectors"]) > 1:
+        results["paired"] = paired(results["detectors"])
     write_json(args.out, results)
     for d in results["detectors"]:
         print(d["detector"]["model"], d["detector"]["run"])
         for row in d["rows"]:
             print(f"  {row['rule']:9} " + "  ".join(f"{k} {v:5.1f}"
                                                     for k, v in row["metrics"].items()))
+    for p in results.get("paired", []):
+        print(f"{p['a']} - {p['b']} ({p['rule']}): I-AUROC {p['mean']['D']:+.1f} "
+              f"+- {p['mean']['SE']:.1f} (mean over classes, paired SE)")
     return 0
 
 
