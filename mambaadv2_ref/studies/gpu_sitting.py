@@ -23,7 +23,9 @@ one stopped.
 Measured (H200, 2026-12-02): runs sharing the GPU add no throughput. Eleven at once (four
 paper-profile MambaADv2, three MambaAD v1, two tiny, two PatchCore fits) trained at 6.6 and 13
 img/s per v2 and v1 run against ~47 and ~102 alone: the fractions of solo speed sum to ~0.94.
-A machine keeps nothing once it goes cold, and a paper-profile checkpoint with its optimizer
+Each run's process gets OMP_NUM_THREADS = its share of the usable CPUs (`run_environment`)
+unless the caller set it: without it, parallel runs on a machine with few CPUs starve each
+other. A machine keeps nothing once it goes cold, and a paper-profile checkpoint with its optimizer
 (180-220 MB) cannot come back from it, so size a run to finish inside the commands of one warm
 machine: one paper-profile v2 run of ~1200 steps, alone, fits one command.
 """
