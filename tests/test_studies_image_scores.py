@@ -91,3 +91,27 @@ def test_paired_compares_detectors_image_by_image_and_refuses_other_images():
         r["labels"]["a"] = r["labels"]["a"][::-1]
     with pytest.raises(ValueError, match="same classes and images"):
         paired([one, other])
+
+
+def test_from_joins_earlier_outputs_and_pairs_them(tmp_path):
+    """`--from A --from B` reads the detectors of earlier outputs (no model is loaded) and
+    writes their paired comparison; neither --run nor --from is an error."""
+    import json
+
+    from mambaadv2_ref.studies.image_scores import main
+
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(6), np.zeros(7)].astype(int)
+    for name, lift in (("a", 0.8), ("b", 0.2)):
+        rows = score_rules({"c": {"maps": rng.random((13, 6, 6)) + lift * y[:, None, None],
+                                  "labels": y}})
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"detectors": [{"detector": {"model": f"m{name}", "run": name}, "rows": rows}]}))
+    main(["--from", str(tmp_path / "a.json"), "--from", str(tmp_path / "b.json"),
+          "--out", str(tmp_path / "ab.json")])
+    (pair,) = json.loads((tmp_path / "ab.json").read_text())["paired"]
+    assert (pair["run_a"], pair["run_b"]) == ("a", "b") and set(pair["classes"]) == {"c"}
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x.json")])
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        main(["--from", str(tmp_path / "missing.json"), "--out", str(tmp_path / "y.json")])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mambaadv2_ref.studies import collect_sitting, speed
 
 
@@ -60,6 +62,13 @@ def test_sitting_trains_resumes_and_scores_the_snapshots_along_the_way(tmp_path,
     assert rec["step"] == 4 and rec["metrics"]["run"]["step"] == 4  # resumed (else refused)
     assert [p["step"] for p in rec["curve"]] == [2, 4]
     assert set(rec["curve"][1]["mean"]) >= {"I-AUROC", "P-AUROC", "AUPRO"}
+    assert "image_scores" not in json.loads((tmp_path / "out1" / "train_r.json").read_text())
+    scores = json.loads((tmp_path / "out2" / rec["image_scores"]).read_text())  # finished
+    (detector,) = scores["detectors"]
+    assert detector["detector"]["step"] == 4
+    by_rule = {r["rule"]: r for r in detector["rows"]}
+    assert by_rule["max"]["metrics"]["I-AUROC"] == pytest.approx(
+        100 * rec["metrics"]["mean"]["I-AUROC"], abs=1e-6)
 
 
 def test_speed_rows_are_selected_by_prefixes_in_their_order():

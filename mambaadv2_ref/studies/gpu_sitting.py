@@ -18,7 +18,8 @@ checkpoint every `checkpoint_every` steps), evaluates their snapshots while they
 metric-vs-steps curve), stops them at the deadline with SIGINT and then SIGKILL, and evaluates
 each run's latest checkpoint into RUN/metrics.json and
 OUT/train_RUNNAME.json (step, metrics, history), so that the next command resumes where this
-one stopped.
+one stopped; a run that finished its schedule also gets its per-image scores,
+OUT/image_scores_RUNNAME.json (`studies.image_scores`), for paired comparisons later.
 
 Measured (H200, 2026-12-02): runs sharing the GPU add no throughput. Eleven at once (four
 paper-profile MambaADv2, three MambaAD v1, two tiny, two PatchCore fits) trained at 6.6 and 13
@@ -362,6 +363,34 @@ def run_environment(parallel: int, env: dict | None = None) -> dict:
     return env
 
 
+def score_finished(root: Path, names: list[str], out: Path, deadline: float) -> dict[str, str]:
+    """Per-image scores of every run that finished its schedule (`studies.image_scores` into
+    OUT/image_scores_NAME.json, one run at a time until `deadline`), so that runs can be
+    compared image by image after the machine, and their weights, are gone. Returns
+    {name: file} of the runs scored (now or by an earlier command into the same OUT)."""
+    scored = {}
+    for name in names:
+        run_dir, path = root / name, out / f"image_scores_{name}.json"
+        if not (run_dir / MANIFEST).exists():
+            continue
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        if manifest.get("step") != (manifest.get("train") or {}).get("num_steps"):
+            continue
+        if not path.exists() and time.monotonic() < deadline - 10:
+            with open(out / f"log_{name}.txt", "a") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "mambaadv2_ref.studies.image_scores",
+                                         "--run", str(run_dir), "--out", str(path)],
+                                        stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if path.exists():
+            scored[name] = path.name
+    return scored
+
+
 def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1) -> None:
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
@@ -404,6 +433,7 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
         except subprocess.TimeoutExpired:
             p.kill()
             print(f"evaluation of {name} did not finish in the time box", flush=True)
+    scored = score_finished(root, [run["name"] for run in runs], out, deadline - 15)
     snapshots.drain(deadline - 5)
     for run in runs:
         run_dir = root / run["name"]
@@ -417,6 +447,8 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
                 if metrics.get("run", {}).get("step") == record["step"]:  # not stale
                     record["metrics"] = metrics
             record["curve"] = snapshot_curve(run_dir)
+            if run["name"] in scored:
+                record["image_scores"] = scored[run["name"]]
         write_json(out / f"train_{run['name']}.json", record)
 
 

@@ -18,6 +18,11 @@ how much the unstated choice moves the image-level numbers.
 
     python -m mambaadv2_ref.studies.image_scores --run RUN_OR_FILE.safetensors [--data ROOT]
         --out results/image_scores_DATASET_PROFILE_DEVICE.json
+    python -m mambaadv2_ref.studies.image_scores --from A.json --from B.json --out PAIRED.json
+
+`--from` takes the detectors of earlier outputs of this study (their per-image scores), e.g.
+those `gpu_sitting train` saves for every run that finished, so that runs whose weights are gone
+can still be compared image by image.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from mambaadv2_ref.metrics.curves import paired_auroc_difference
 from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.runtime import resolve_device
-from mambaadv2_ref.studies.results import environment
+from mambaadv2_ref.studies.results import environment, read_json
 
 RULES = ("max", "top 0.1%", "top 1%", "top 10%", "mean")
 IMAGE_KEYS = ("I-AUROC", "I-AP", "I-F1max")
@@ -120,7 +125,9 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
                 per[cls] = {"D": 100 * d_c, "SE": 100 * se_c}
             n = len(per)
             out.append({"a": detectors[i]["detector"]["model"],
-                        "b": detectors[j]["detector"]["model"], "rule": rule, "classes": per,
+                        "b": detectors[j]["detector"]["model"],
+                        "run_a": detectors[i]["detector"]["run"],
+                        "run_b": detectors[j]["detector"]["run"], "rule": rule, "classes": per,
                         "mean": {"D": sum(v["D"] for v in per.values()) / n,
                                  "SE": float(np.sqrt(sum(v["SE"] ** 2 for v in per.values())))
                                  / n}})
@@ -157,13 +164,19 @@ def study(run, data=None, device="auto", batch_size: int = 8) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", action="append", required=True,
+    parser.add_argument("--run", action="append", default=[],
                         help="run directory or exported .safetensors (repeat for several)")
+    parser.add_argument("--from", dest="earlier", action="append", type=Path, default=[],
+                        help="an earlier output of this study: its detectors join the table "
+                             "(repeat for several)")
     parser.add_argument("--data", default=None, help="dataset root (default: the trained one)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args(argv)
-    results = {"detectors": [study(run, args.data, args.device) for run in args.run]}
+    if not args.run and not args.earlier:
+        parser.error("give at least one --run or --from")
+    earlier = [d for path in args.earlier for d in read_json(path)["detectors"]]  # checked first
+    results = {"detectors": [study(run, args.data, args.device) for run in args.run] + earlier}
     if len(results["detectors"]) > 1:
         results["paired"] = paired(results["detectors"])
     write_json(args.out, results)
