@@ -115,3 +115,31 @@ def test_from_joins_earlier_outputs_and_pairs_them(tmp_path):
         main(["--out", str(tmp_path / "x.json")])
     with pytest.raises(FileNotFoundError, match="missing.json"):
         main(["--from", str(tmp_path / "missing.json"), "--out", str(tmp_path / "y.json")])
+
+
+def test_scale_subsets_sum_only_their_scales_and_all_of_them_is_the_model():
+    """`ScaleSubset`: with every scale it is the model's own map and score; with one scale it
+    is eqs. (1)-(3) on that scale alone; bad --scales are errors naming it."""
+    from mambaadv2_ref.model import build_model
+    from mambaadv2_ref.studies.image_scores import ScaleSubset, parse_scales
+
+    torch.manual_seed(0)
+    model = build_model("mambaadv2", profile="tiny", pretrained=False,
+                        dims=(16, 8, 8, 8), headdim=8, d_state=4, num_directions=2).eval()
+    images = torch.randn(2, 3, 64, 64)
+    maps, scores = model.anomaly_map(images)
+    all_maps, all_scores = ScaleSubset(model, (0, 1, 2)).anomaly_map(images)
+    torch.testing.assert_close(all_maps, maps)
+    torch.testing.assert_close(all_scores, scores)
+    with torch.no_grad():
+        enc, dec = model(images)
+    one_maps, one_scores = ScaleSubset(model, (2,)).anomaly_map(images)
+    ref_maps, ref_scores = anomaly_maps([enc[2]], [dec[2]], (64, 64), 4.0)
+    torch.testing.assert_close(one_maps, ref_maps)
+    torch.testing.assert_close(one_scores, ref_scores)
+    with pytest.raises(ValueError, match="--scales"):
+        ScaleSubset(model, (3,)).anomaly_map(images)
+    assert parse_scales("0,2") == (0, 2)
+    for bad in ("a", "1,1", "-1"):
+        with pytest.raises(ValueError, match="--scales"):
+            parse_scales(bad)

@@ -20,6 +20,13 @@ how much the unstated choice moves the image-level numbers.
         --out results/image_scores_DATASET_PROFILE_DEVICE.json
     python -m mambaadv2_ref.studies.image_scores --from A.json --from B.json --out PAIRED.json
 
+`--scales K[,K...]` (repeatable) builds the maps from those scales only (0 = finest):
+
+    A_S = G_sigma * sum_{k in S} Up(a_k)       (eq. 2 of `model.anomaly_map` over a subset S)
+
+MambaAD sums all three; which scales carry the image-level signal is another unstated reading,
+and each subset becomes one more detector of the table (and of the paired comparison).
+
 `--from` takes the detectors of earlier outputs of this study (their per-image scores), e.g.
 those `gpu_sitting train` saves for every run that finished, so that runs whose weights are gone
 can still be compared image by image.
@@ -31,12 +38,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.data import MVTecDataset, check_dataset
 from mambaadv2_ref.evaluate import evaluation_root, predict_split
 from mambaadv2_ref.metrics.curves import paired_auroc_difference
 from mambaadv2_ref.metrics.summary import image_metrics
+from mambaadv2_ref.model.anomaly_map import anomaly_maps
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.runtime import resolve_device
 from mambaadv2_ref.studies.results import environment, read_json
@@ -94,6 +103,12 @@ def score_rules(splits: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def _label(detector: dict) -> str:
+    """A detector's model name, with its scales when they are not all of them."""
+    scales = detector.get("scales", "all")
+    return detector["model"] + ("" if scales == "all" else f" scales {scales}")
+
+
 def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
     """I-AUROC differences of every pair of detectors on the same images, under one rule.
 
@@ -124,8 +139,8 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
                                                     np.array(labels))
                 per[cls] = {"D": 100 * d_c, "SE": 100 * se_c}
             n = len(per)
-            out.append({"a": detectors[i]["detector"]["model"],
-                        "b": detectors[j]["detector"]["model"],
+            out.append({"a": _label(detectors[i]["detector"]),
+                        "b": _label(detectors[j]["detector"]),
                         "run_a": detectors[i]["detector"]["run"],
                         "run_b": detectors[j]["detector"]["run"], "rule": rule, "classes": per,
                         "mean": {"D": sum(v["D"] for v in per.values()) / n,
@@ -134,15 +149,59 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
     return out
 
 
+class ScaleSubset:
+    """A trained detector whose anomaly maps sum only the scales in `scales`.
+
+    Args:
+        model: an ADModel (forward(images) -> (enc, dec), one entry per scale, finest first).
+        scales: the indices k of the scales kept (S), each in range(number of scales).
+    """
+
+    def __init__(self, model, scales: tuple[int, ...]):
+        self.model, self.scales = model, tuple(scales)
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor, sigma: float = 4.0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (B, H, W) A_S = G_sigma * sum_{k in S} Up(a_k) and scores (B,) max_u A_S(u).
+
+        Implements: eqs. (1)-(3) of `model.anomaly_map` with the sum of eq. (2) over S.
+        """
+        self.model.eval()
+        enc, dec = self.model(images)
+        bad = [k for k in self.scales if not 0 <= k < len(enc)]
+        if bad or not self.scales:
+            raise ValueError(f"--scales {list(self.scales)}: each scale must be in "
+                             f"0..{len(enc) - 1} (0 = finest) and at least one given")
+        return anomaly_maps([enc[k] for k in self.scales], [dec[k] for k in self.scales],
+                            tuple(images.shape[-2:]), sigma)
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """'0,2' -> (0, 2); an error names --scales and what was expected."""
+    try:
+        scales = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ValueError(f"--scales {text!r}: expected comma-separated scale indices such as "
+                         "'0' or '0,1,2' (0 = finest)") from None
+    if len(set(scales)) != len(scales) or min(scales) < 0:
+        raise ValueError(f"--scales {text!r}: indices must be distinct and >= 0")
+    return scales
+
+
 def _name(entry):
     """The name of a manifest entry that is a name or a dict with one (profile, encoder)."""
     return entry.get("name") if isinstance(entry, dict) else entry
 
 
-def study(run, data=None, device="auto", batch_size: int = 8) -> dict:
-    """The maps of detector `run` on each trained class's test split, scored by every rule."""
+def study(run, data=None, device="auto", batch_size: int = 8,
+          scales: tuple[int, ...] | None = None) -> dict:
+    """The maps of detector `run` on each trained class's test split, scored by every rule;
+    with `scales`, maps of those scales only (`ScaleSubset`)."""
     device = resolve_device(device)
     model, meta = load_detector(run, device=device)
+    if scales is not None:
+        model = ScaleSubset(model, scales)
     settings = meta["train"]
     root = evaluation_root(settings, data)
     check_dataset(root, settings["classes"], splits=("test",))
@@ -156,6 +215,7 @@ def study(run, data=None, device="auto", batch_size: int = 8) -> dict:
                          "profile": _name(meta.get("profile")),
                          "encoder": _name(meta.get("encoder")),
                          "image_size": settings["image_size"],
+                         "scales": "all" if scales is None else list(scales),
                          "data": "embedded" if settings.get("embedded") else str(root)},
             "rows": score_rules(splits),
             "notes": "Image metrics in percent, mean over classes, of the same maps scored by "
@@ -170,18 +230,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="an earlier output of this study: its detectors join the table "
                              "(repeat for several)")
     parser.add_argument("--data", default=None, help="dataset root (default: the trained one)")
+    parser.add_argument("--scales", action="append", default=[],
+                        help="maps from these scales only, e.g. 0 or 1,2 (0 = finest); repeat "
+                             "for several subsets (each run is scored once per subset, and "
+                             "once with all scales)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args(argv)
     if not args.run and not args.earlier:
         parser.error("give at least one --run or --from")
+    try:
+        subsets = [None] + [parse_scales(text) for text in args.scales]
+    except ValueError as err:
+        parser.error(str(err))
     earlier = [d for path in args.earlier for d in read_json(path)["detectors"]]  # checked first
-    results = {"detectors": [study(run, args.data, args.device) for run in args.run] + earlier}
+    results = {"detectors": [study(run, args.data, args.device, scales=subset)
+                             for run in args.run for subset in subsets] + earlier}
     if len(results["detectors"]) > 1:
         results["paired"] = paired(results["detectors"])
     write_json(args.out, results)
     for d in results["detectors"]:
-        print(d["detector"]["model"], d["detector"]["run"])
+        print(_label(d["detector"]), d["detector"]["run"])
         for row in d["rows"]:
             print(f"  {row['rule']:9} " + "  ".join(f"{k} {v:5.1f}"
                                                     for k, v in row["metrics"].items()))
