@@ -116,14 +116,13 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
         detectors: `study` results (each with rows holding per-image scores and labels).
         rule: a rule of RULES.
     Returns:
-        [{a, b, rule, classes: {class: {D, SE}}, mean: {D, SE}}] in percent: D = I-AUROC of
+        [{a, b (labels), run_a, run_b, scales_a, scales_b, rule, classes: {class: {D, SE}},
+          mean: {D, SE}}] in percent: D = I-AUROC of
         detector a minus b (eq. (5) per class; the mean over classes with SE = sqrt(sum SE^2)/C).
     Raises:
         ValueError: a pair was not scored on the same classes and labels (not the same images).
     """
-    rows = {}
-    for i, d in enumerate(detectors):
-        rows[i] = next(r for r in d["rows"] if r["rule"] == rule)
+    rows = [next(r for r in d["rows"] if r["rule"] == rule) for d in detectors]
     out = []
     for i in range(len(detectors)):
         for j in range(i + 1, len(detectors)):
@@ -139,10 +138,10 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
                                                     np.array(labels))
                 per[cls] = {"D": 100 * d_c, "SE": 100 * se_c}
             n = len(per)
-            out.append({"a": _label(detectors[i]["detector"]),
-                        "b": _label(detectors[j]["detector"]),
-                        "run_a": detectors[i]["detector"]["run"],
-                        "run_b": detectors[j]["detector"]["run"], "rule": rule, "classes": per,
+            da, db = detectors[i]["detector"], detectors[j]["detector"]
+            out.append({"a": _label(da), "b": _label(db), "run_a": da["run"], "run_b": db["run"],
+                        "scales_a": da.get("scales", "all"), "scales_b": db.get("scales", "all"),
+                        "rule": rule, "classes": per,
                         "mean": {"D": sum(v["D"] for v in per.values()) / n,
                                  "SE": float(np.sqrt(sum(v["SE"] ** 2 for v in per.values())))
                                  / n}})
@@ -158,7 +157,11 @@ class ScaleSubset:
     """
 
     def __init__(self, model, scales: tuple[int, ...]):
-        self.model, self.scales = model, tuple(scales)
+        num_scales = len(model.encoder.channels)
+        if not scales or any(not 0 <= k < num_scales for k in scales):
+            raise ValueError(f"--scales {list(scales)}: each scale must be in "
+                             f"0..{num_scales - 1} (0 = finest) and at least one given")
+        self.model, self.scales = model.eval(), tuple(scales)
 
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor, sigma: float = 4.0
@@ -167,12 +170,7 @@ class ScaleSubset:
 
         Implements: eqs. (1)-(3) of `model.anomaly_map` with the sum of eq. (2) over S.
         """
-        self.model.eval()
         enc, dec = self.model(images)
-        bad = [k for k in self.scales if not 0 <= k < len(enc)]
-        if bad or not self.scales:
-            raise ValueError(f"--scales {list(self.scales)}: each scale must be in "
-                             f"0..{len(enc) - 1} (0 = finest) and at least one given")
         return anomaly_maps([enc[k] for k in self.scales], [dec[k] for k in self.scales],
                             tuple(images.shape[-2:]), sigma)
 

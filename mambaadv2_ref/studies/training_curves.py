@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.evaluate import METRIC_KEYS
+from mambaadv2_ref.studies.results import read_json
 
 PLOTTED = ("I-AUROC", "AUPRO", "mAD")
 
@@ -147,21 +148,26 @@ def plot_curves(summary: list[dict], title: str, metrics=PLOTTED) -> Figure:
     return fig
 
 
+def rows_of_runs(results_file: Path, runs: list[str]) -> list[dict]:
+    """The rows of a committed results file (training_curves_* or converged_*) whose run is
+    one of `runs`."""
+    return [r for r in read_json(results_file)["rows"] if r["run"] in runs]
+
+
 def earlier_rows(curves_file: Path, runs: list[str]) -> list[dict]:
     """The rows of `runs` in a committed training_curves_*.json (runs of an earlier sitting whose
     train records were not kept); an error names a run the file does not hold."""
-    rows = json.loads(Path(curves_file).read_text())["rows"]
+    rows = rows_of_runs(curves_file, runs)
     missing = sorted(set(runs) - {r["run"] for r in rows})
     if missing:
         raise ValueError(f"--earlier {curves_file}: no rows of run(s) {missing}")
-    return [r for r in rows if r["run"] in runs]
+    return rows
 
 
 def earlier_converged(converged_file: Path, runs: list[str]) -> list[dict]:
     """The rows of `runs` in a committed converged_*.json (those of them that finished their
     schedule in an earlier sitting; a run that did not finish has no row and is skipped)."""
-    rows = json.loads(Path(converged_file).read_text())["rows"]
-    return [r for r in rows if r["run"] in runs]
+    return rows_of_runs(converged_file, runs)
 
 
 def collect(folders: list[Path], results: Path, note: str = "", tag: str = "",
