@@ -57,18 +57,34 @@ def test_sitting_trains_resumes_and_scores_the_snapshots_along_the_way(tmp_path,
     train_runs(tmp_path / "out1", 300, first)
     rec = json.loads((tmp_path / "out1" / "train_r.json").read_text())
     assert rec["step"] == 2 and [p["step"] for p in rec["curve"]] == [2]
-    train_runs(tmp_path / "out2", 300, [{"name": "r", "args": args}])
+    train_runs(tmp_path / "out2", 300, [{"name": "r", "args": args}], score_scales=("1",))
     rec = json.loads((tmp_path / "out2" / "train_r.json").read_text())
     assert rec["step"] == 4 and rec["metrics"]["run"]["step"] == 4  # resumed (else refused)
     assert [p["step"] for p in rec["curve"]] == [2, 4]
     assert set(rec["curve"][1]["mean"]) >= {"I-AUROC", "P-AUROC", "AUPRO"}
     assert "image_scores" not in json.loads((tmp_path / "out1" / "train_r.json").read_text())
     scores = json.loads((tmp_path / "out2" / rec["image_scores"]).read_text())  # finished
-    (detector,) = scores["detectors"]
+    detector, middle = scores["detectors"]  # all scales, then the subset asked for
     assert detector["detector"]["step"] == 4
+    assert detector["detector"]["scales"] == "all" and middle["detector"]["scales"] == [1]
+    assert [p["scales_b"] for p in scores["paired"]] == [[1]]
     by_rule = {r["rule"]: r for r in detector["rows"]}
     assert by_rule["max"]["metrics"]["I-AUROC"] == pytest.approx(
         100 * rec["metrics"]["mean"]["I-AUROC"], abs=1e-6)
+
+
+def test_score_scales_are_checked_before_any_run_starts(tmp_path, capsys):
+    from mambaadv2_ref.studies.gpu_sitting import main
+
+    runs = tmp_path / "runs.json"
+    runs.write_text("[]")
+    for bad, expected in (("3", "0..2"), ("a", "comma-separated"), ("1,1", "distinct")):
+        with pytest.raises(SystemExit):
+            main(["train", "--out", str(tmp_path / "out"), "--seconds", "1", "--runs",
+                  str(runs), "--score-scales", bad])
+        err = capsys.readouterr().err
+        assert "--score-scales" in err and expected in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_speed_rows_are_selected_by_prefixes_in_their_order():

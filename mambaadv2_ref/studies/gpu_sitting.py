@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 
 from mambaadv2_ref.checkpoint import MANIFEST, list_snapshots, write_json
+from mambaadv2_ref.model.encoder import ENCODERS
+from mambaadv2_ref.studies.image_scores import parse_scales
 from mambaadv2_ref.studies.results import environment, usable_cpus
 
 # label -> (model, backend, precision, overrides); "paper" profile, batch 16, 256 px
@@ -185,6 +187,7 @@ def compiling_rows(labels: list[str]) -> list[str]:
             or (SPEED_ROWS[label][1] == "mamba_ssm" and SPEED_ROWS[label][0] == "mambaadv2")]
 
 
+(NUM_SCALES,) = {len(spec.channels) for spec in ENCODERS.values()}  # every encoder: three
 WARM_TAG = "warm"  # speed_warmN.json: a warm-up's cold row, folded into the timed row
 
 
@@ -363,11 +366,13 @@ def run_environment(parallel: int, env: dict | None = None) -> dict:
     return env
 
 
-def score_finished(root: Path, names: list[str], out: Path, deadline: float) -> dict[str, str]:
+def score_finished(root: Path, names: list[str], out: Path, deadline: float,
+                   scales: tuple[str, ...] = ()) -> dict[str, str]:
     """Per-image scores of every run that finished its schedule (`studies.image_scores` into
     OUT/image_scores_NAME.json, one run at a time until `deadline`), so that runs can be
-    compared image by image after the machine, and their weights, are gone. Returns
-    {name: file} of the runs scored (now or by an earlier command into the same OUT)."""
+    compared image by image after the machine, and their weights, are gone; `scales` (texts
+    of image_scores' --scales, checked before training starts) add one detector per scale
+    subset. Returns {name: file} of the runs scored (now or by an earlier command into OUT)."""
     scored = {}
     for name in names:
         run_dir, path = root / name, out / f"image_scores_{name}.json"
@@ -380,7 +385,9 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float) -> 
             with open(out / f"log_{name}.txt", "a") as log:
                 try:  # run() kills the study at the timeout
                     subprocess.run([sys.executable, "-m", "mambaadv2_ref.studies.image_scores",
-                                    "--run", str(run_dir), "--out", str(path)], stdout=log,
+                                    "--run", str(run_dir), "--out", str(path),
+                                    *[a for text in scales for a in ("--scales", text)]],
+                                   stdout=log,
                                    stderr=subprocess.STDOUT,
                                    timeout=max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
@@ -390,10 +397,12 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float) -> 
     return scored
 
 
-def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1) -> None:
+def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1,
+               score_scales: tuple[str, ...] = ()) -> None:
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
-    checkpoint. Runs live in runs/sitting/NAME (kept between commands)."""
+    checkpoint, score the finished ones image by image (all scales, and each subset of
+    `score_scales`). Runs live in runs/sitting/NAME (kept between commands)."""
     deadline = time.monotonic() + seconds
     out.mkdir(parents=True, exist_ok=True)
     root = Path("runs/sitting")
@@ -432,7 +441,8 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
         except subprocess.TimeoutExpired:
             p.kill()
             print(f"evaluation of {name} did not finish in the time box", flush=True)
-    scored = score_finished(root, [run["name"] for run in runs], out, deadline - 15)
+    scored = score_finished(root, [run["name"] for run in runs], out, deadline - 15,
+                            score_scales)
     snapshots.drain(deadline - 5)
     for run in runs:
         run_dir = root / run["name"]
@@ -460,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", help="train: JSON file, a list of {name, args}")
     parser.add_argument("--eval-workers", type=int, default=1,
                         help="train: snapshot evaluations at once")
+    parser.add_argument("--score-scales", action="append", default=[],
+                        help="train: also score finished runs from these scales only, e.g. 0 "
+                             "or 1,2 (image_scores --scales; repeat for several subsets)")
     parser.add_argument("--prefix", default="",
                         help="speed: comma-separated label prefixes (rows in that order)")
     parser.add_argument("--tag", default="all", help="speed: OUT/speed_TAG.json")
@@ -481,8 +494,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.runs:
             parser.error("train needs --runs")
+        try:
+            for text in args.score_scales:
+                if max(parse_scales(text)) >= NUM_SCALES:
+                    raise ValueError(f"--scales {text!r}: the encoders have {NUM_SCALES} "
+                                     f"scales, 0..{NUM_SCALES - 1} (0 = finest)")
+        except ValueError as err:
+            parser.error(str(err).replace("--scales", "--score-scales"))
         train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()),
-                   args.eval_workers)
+                   args.eval_workers, tuple(args.score_scales))
     return 0
 
 
