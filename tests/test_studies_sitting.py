@@ -67,6 +67,8 @@ def test_sitting_trains_resumes_and_scores_the_snapshots_along_the_way(tmp_path,
     detector, middle = scores["detectors"]  # all scales, then the subset asked for
     assert detector["detector"]["step"] == 4
     assert detector["detector"]["scales"] == "all" and middle["detector"]["scales"] == [1]
+    assert detector["detector"]["encoder"] == rec["model_config"]["encoder"] is not None
+    assert detector["detector"]["profile"] == "tiny"
     assert [p["scales_b"] for p in scores["paired"]] == [[1]]
     by_rule = {r["rule"]: r for r in detector["rows"]}
     assert by_rule["max"]["metrics"]["I-AUROC"] == pytest.approx(

@@ -210,8 +210,10 @@ def study(run, data=None, device="auto", batch_size: int = 8,
         splits[cls] = predict_split(model, dataset, device, batch_size, desc=f"maps {cls}")
     return {"environment": environment(device),
             "detector": {"run": str(run), "model": meta["model"], "step": meta["step"],
-                         "profile": _name(meta.get("profile")),
-                         "encoder": _name(meta.get("encoder")),
+                         "profile": _name(meta.get("profile"))
+                         or meta.get("model_config", {}).get("profile"),
+                         "encoder": _name(meta.get("encoder"))  # exports; run dirs: the config
+                         or meta.get("model_config", {}).get("encoder"),
                          "image_size": settings["image_size"],
                          "scales": "all" if scales is None else list(scales),
                          "data": "embedded" if settings.get("embedded") else str(root)},
