@@ -13,7 +13,7 @@ minutes, `small` trains on a CPU in tens of minutes, `paper` is the paper's sett
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
                      `num_directions` override every stage when set
-    matrix_impl, stack_scans, checkpoint_matrix, checkpoint_block, backend
+    matrix_impl, stack_scans, checkpoint_matrix, checkpoint_block, checkpoint_stages, backend
                      how it is computed (same function)
     dwconv, bc_norm, use_fft, local_kernels   the remaining switches
 
@@ -40,8 +40,8 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraph
 PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
-COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "matrix_impl",
-                    "stack_scans", "compile_mixer", "chunk_size", "scan_float32")
+COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "checkpoint_stages",
+                    "matrix_impl", "stack_scans", "compile_mixer", "chunk_size", "scan_float32")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 
@@ -151,6 +151,11 @@ class ModelConfig:
             first step compiles (minutes at the paper profile, cached on disk).
         checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
+        checkpoint_stages: recompute the HSS blocks of these decoder stages only (0 = the
+            deepest, 8 x 8 at 256 px); () = none. The stages hold unequal shares of the
+            activations (stages 1-2 about 60 % at the paper profile), so a subset buys most of
+            `checkpoint_block`'s memory for part of its extra forward. With `checkpoint_block`
+            (every stage) it is redundant and refused.
         scan_float32: under bf16 autocast, run the HSS scans with autocast off (float32 inputs
             and matrix products, `blocks.hss.scans_in_float32`); without autocast it changes
             nothing (tested equal), under it the scans come closer to the float32 function
@@ -188,6 +193,7 @@ class ModelConfig:
     compile_mixer: str = "off"
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
+    checkpoint_stages: tuple[int, ...] = ()
     scan_float32: bool = False
     position_aware: bool = True
     rope_fraction: float = 0.5
@@ -201,6 +207,7 @@ class ModelConfig:
     def __post_init__(self):
         self.dims, self.depths = tuple(self.dims), tuple(self.depths)
         self.local_kernels = tuple(self.local_kernels)
+        self.checkpoint_stages = tuple(self.checkpoint_stages)
         self.validate()
 
     def validate(self) -> None:
@@ -213,6 +220,9 @@ class ModelConfig:
         if self.model == "mambaad" and self.compile_mixer != "off":
             raise ValueError(f"compile_mixer={self.compile_mixer!r} compiles MambaADv2's HSS "
                              "mixers; MambaAD (v1) has none: leave it 'off'")
+        if self.model == "mambaad" and (self.checkpoint_block or self.checkpoint_stages):
+            raise ValueError("checkpoint_block / checkpoint_stages recompute MambaADv2's HSS "
+                             "blocks; MambaAD (v1) has none: leave them off")
         if len(self.dims) != len(self.depths) or len(self.dims) != 4:
             raise ValueError(f"dims and depths must have 4 stages each, got dims={self.dims}, "
                              f"depths={self.depths}")
@@ -242,7 +252,24 @@ class ModelConfig:
                 if (d_inner // self.headdim) % self.ngroups:
                     raise ValueError(f"ngroups={self.ngroups} must divide the number of heads "
                                      f"{d_inner // self.headdim} (dim {dim})")
+        stages = self.checkpoint_stages
+        if (any(isinstance(s, bool) or not isinstance(s, int) for s in stages)
+                or sorted(set(stages)) != list(stages) or not set(stages) <= set(range(4))):
+            raise ValueError(f"checkpoint_stages must be increasing decoder stage indices in "
+                             f"0..3 (0 = deepest), got {stages!r}")
+        if self.checkpoint_block and stages:
+            raise ValueError(f"checkpoint_stages={stages!r} with checkpoint_block=True: the "
+                             "block setting already recomputes every stage; set one of them")
         self.plan()  # raises ValueError naming a bad curve or direction count
+
+    def stage_config(self, stage: int) -> ModelConfig:
+        """The config that the blocks of decoder stage `stage` are built with: the same, with
+        `checkpoint_stages` resolved into that stage's `checkpoint_block` (True when the stage
+        is listed or every block is recomputed)."""
+        if not self.checkpoint_stages:
+            return self
+        return replace(self, checkpoint_block=stage in self.checkpoint_stages,
+                       checkpoint_stages=())
 
     def plan(self) -> ScanPlan:
         """The scanning plan (deepest stage first) with the `curve`/`num_directions` overrides."""

@@ -49,6 +49,11 @@ def tiny_v2():
     (dict(image_size=100), "image_size"),
     (dict(dims=(64, 32, 16)), "dims"),
     (dict(colour="red"), "colour"),
+    (dict(checkpoint_stages=(4,)), "checkpoint_stages"),
+    (dict(checkpoint_stages=(2, 1)), "checkpoint_stages"),
+    (dict(checkpoint_stages=(True,)), "checkpoint_stages"),
+    (dict(checkpoint_stages=(1,), checkpoint_block=True), "checkpoint_stages"),
+    (dict(model="mambaad", checkpoint_block=True), "checkpoint_block"),
 ])
 def test_bad_config_raises_naming_the_setting(bad, match):
     with pytest.raises(ValueError, match=match):

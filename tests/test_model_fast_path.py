@@ -70,3 +70,19 @@ def test_compiled_mixers_give_the_same_model(checkpoint_block):
                                   dict(compile_mixer="off"), backend="torch")
     for a, b in zip(fast, slow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_checkpointed_stages_give_the_same_model():
+    """checkpoint_stages (the HSS blocks of some decoder stages recomputed in the backward
+    pass) against no block recomputation: the same features, maps, scores and gradients."""
+    fast, slow = outputs_of_twins(dict(checkpoint_stages=(1, 2)), dict(), backend="torch")
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_checkpointed_stages_resolve_per_stage():
+    """Only the listed stages' blocks recompute; the others keep their activations."""
+    net = build_model("mambaadv2", profile="tiny", pretrained=False, checkpoint_stages=(0, 2))
+    flags = [{b.checkpointed for b in stage.modules() if hasattr(b, "checkpointed")}
+             for stage in net.decoder.stages]
+    assert flags == [{True}, {False}, {True}, {False}]

@@ -99,11 +99,12 @@ def test_block_checkpointing_keeps_less_for_backward():
     images = torch.randn(1, 3, 64, 64)
     kept = {}
     for name, flags in (("none", dict(checkpoint_matrix=False)), ("matrix", {}),
+                        ("stages", dict(checkpoint_stages=(1, 2, 3))),
                         ("block", dict(checkpoint_block=True))):
         torch.manual_seed(0)
         net = build_model("mambaadv2", "tiny", pretrained=False, image_size=64, **flags)
         kept[name] = saved_for_backward_bytes(lambda net=net: net(images))
-    assert kept["block"] < kept["matrix"] < kept["none"]
+    assert kept["block"] < kept["stages"] < kept["matrix"] < kept["none"]
 
 
 def test_bench_model_times_the_training_step(monkeypatch):

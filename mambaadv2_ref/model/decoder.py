@@ -45,7 +45,8 @@ class Decoder(nn.Module):
         self.expands = nn.ModuleList([nn.Identity()] + [
             PatchExpand(cfg.dims[s - 1], cfg.dims[s]) for s in range(1, len(cfg.dims))])
         self.stages = nn.ModuleList([
-            nn.Sequential(*[_build_module(cfg, dim, m, plan.stages[s], rates[starts[s] + i])
+            nn.Sequential(*[_build_module(cfg.stage_config(s), dim, m, plan.stages[s],
+                                          rates[starts[s] + i])
                             for i, m in enumerate(split)])
             for s, (dim, split) in enumerate(zip(cfg.dims, splits, strict=True))])
         # outputs of stages 3, 2, 1 go to encoder scales 1, 2, 3

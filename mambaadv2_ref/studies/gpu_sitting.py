@@ -84,6 +84,9 @@ SPEED_ROWS.update({
     "v2 compiled checkpoint_block decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "checkpoint_block": True}),
+    **{f"v2 compiled checkpoint stages {'+'.join(map(str, st))} decay_deep torch fp32": (
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
+                                       "checkpoint_stages": st}) for st in ((2,), (1, 2), (2, 3))},
     "v2 compiled chunk 32 decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default",
                                        "chunk_size": 32}),
