@@ -155,7 +155,8 @@ class ModelConfig:
             deepest, 8 x 8 at 256 px); () = none. The stages hold unequal shares of the
             activations (stages 1-2 about 60 % at the paper profile), so a subset buys most of
             `checkpoint_block`'s memory for part of its extra forward. With `checkpoint_block`
-            (every stage) it is redundant and refused.
+            (every stage) it is redundant and refused; both are refused with
+            compile_mixer "reduce-overhead" (the recomputation overwrites CUDA-graph outputs).
         scan_float32: under bf16 autocast, run the HSS scans with autocast off (float32 inputs
             and matrix products, `blocks.hss.scans_in_float32`); without autocast it changes
             nothing (tested equal), under it the scans come closer to the float32 function
@@ -257,6 +258,13 @@ class ModelConfig:
                 or sorted(set(stages)) != list(stages) or not set(stages) <= set(range(4))):
             raise ValueError(f"checkpoint_stages must be increasing decoder stage indices in "
                              f"0..3 (0 = deepest), got {stages!r}")
+        if self.compile_mixer == "reduce-overhead" and (self.checkpoint_block or stages):
+            raise ValueError(
+                "compile_mixer='reduce-overhead' with checkpoint_block / checkpoint_stages: the "
+                "recomputation in the backward pass replays the mixers' CUDA graphs and "
+                "overwrites the outputs the forward kept (measured on an H200, 2026-12-04: "
+                "RuntimeError 'accessing tensor output of CUDAGraphs that has been overwritten'); "
+                "use compile_mixer='default' to recompute, or no block checkpointing")
         if self.checkpoint_block and stages:
             raise ValueError(f"checkpoint_stages={stages!r} with checkpoint_block=True: the "
                              "block setting already recomputes every stage; set one of them")

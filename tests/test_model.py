@@ -54,6 +54,8 @@ def tiny_v2():
     (dict(checkpoint_stages=(True,)), "checkpoint_stages"),
     (dict(checkpoint_stages=(1,), checkpoint_block=True), "checkpoint_stages"),
     (dict(model="mambaad", checkpoint_block=True), "checkpoint_block"),
+    (dict(compile_mixer="reduce-overhead", checkpoint_block=True), "reduce-overhead"),
+    (dict(compile_mixer="reduce-overhead", checkpoint_stages=(1, 2)), "reduce-overhead"),
 ])
 def test_bad_config_raises_naming_the_setting(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -115,6 +117,10 @@ def test_anomaly_maps_are_summed_cosine_distances():
     torch.testing.assert_close(scores, maps.flatten(1).max(1).values)
     same, _ = anomaly_maps(enc, enc, (16, 16), sigma=0)
     assert same.abs().max() < 1e-5
+    weighted = cosine_distance_maps(enc, dec, (16, 16), weights=(0.5, 3.0))
+    torch.testing.assert_close(weighted[:, 0, 0], 0.5 * a0[:, 0, 0] + 3.0 * (corner - a0[:, 0, 0]))
+    with pytest.raises(ValueError, match="one value per scale"):
+        cosine_distance_maps(enc, dec, (16, 16), weights=(1.0,))
 
 
 def test_reconstruction_loss_is_five_times_mse_summed():

@@ -89,6 +89,40 @@ def test_score_scales_are_checked_before_any_run_starts(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_score_normalise_is_passed_to_the_image_scores_of_finished_runs(tmp_path, monkeypatch):
+    """`train --score-normalise` reaches `train_runs`, and `score_finished` hands
+    image_scores --normalise to finished runs only; given to `speed` it is refused before
+    anything starts."""
+    from mambaadv2_ref.checkpoint import MANIFEST
+    from mambaadv2_ref.studies import gpu_sitting
+
+    calls = []
+    monkeypatch.setattr(gpu_sitting, "train_runs", lambda *a: calls.append(a))
+    runs = tmp_path / "runs.json"
+    runs.write_text("[]")
+    for flag, expected in (([], False), (["--score-normalise"], True)):
+        gpu_sitting.main(["train", "--out", str(tmp_path / "o"), "--seconds", "1", "--runs",
+                          str(runs), "--score-scales", "2", *flag])
+        assert calls.pop()[-2:] == (("2",), expected)
+    with pytest.raises(SystemExit):
+        gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
+                          "--score-normalise"])
+    assert not (tmp_path / "s").exists()
+    commands = []
+    monkeypatch.setattr(gpu_sitting.subprocess, "run", lambda cmd, **kw: commands.append(cmd))
+    root, out = tmp_path / "root", tmp_path / "out"
+    for name, step in (("done", 4), ("half", 2)):
+        (root / name).mkdir(parents=True)
+        (root / name / MANIFEST).write_text(json.dumps({"step": step,
+                                                        "train": {"num_steps": 4}}))
+    out.mkdir()
+    for normalise in (False, True):
+        gpu_sitting.score_finished(root, ["done", "half"], out, 1e12, ("1",), normalise)
+    assert [("--normalise" in c, c[c.index("--run") + 1]) for c in commands] == [
+        (False, str(root / "done")), (True, str(root / "done"))]
+    assert commands[1][-3:] == ["--scales", "1", "--normalise"]
+
+
 def test_speed_rows_are_selected_by_prefixes_in_their_order():
     """`gpu_sitting speed --prefix A,B` benches A's rows, then B's; every row names a
     buildable config; an unknown prefix is an error naming the rows."""

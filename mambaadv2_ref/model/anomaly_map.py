@@ -19,26 +19,34 @@ import torch.nn.functional as F
 
 
 def cosine_distance_maps(enc: list[torch.Tensor], dec: list[torch.Tensor],
-                         size: tuple[int, int]) -> torch.Tensor:
+                         size: tuple[int, int],
+                         weights: tuple[float, ...] | None = None) -> torch.Tensor:
     """Sum over scales of the upsampled per-scale cosine distances.
 
     Args:
         enc, dec: lists of (B, C_k, H_k, W_k), same shapes pairwise.
         size: (H, W) output size.
+        weights: None (every w_k = 1: MambaAD's sum) or one weight w_k per scale (the
+            scale-balanced readout of `studies.normalised_readout` uses w_k = 1 / m_k).
 
     Returns:
-        (B, H, W) sum_k Up(a_k).
+        (B, H, W) sum_k w_k Up(a_k).
 
     Implements: eq. (1) and the sum of eq. (2); bilinear upsampling with align_corners=True.
     """
     if len(enc) != len(dec):
         raise ValueError(f"enc and dec must have as many scales, got {len(enc)} and {len(dec)}")
+    if weights is not None and len(weights) != len(enc):
+        raise ValueError(f"weights must hold one value per scale ({len(enc)}), got "
+                         f"{len(weights)}")
     total = None
-    for f, g in zip(enc, dec, strict=True):
+    for k, (f, g) in enumerate(zip(enc, dec, strict=True)):
         if f.shape != g.shape:
             raise ValueError(f"enc/dec shapes differ: {tuple(f.shape)} vs {tuple(g.shape)}")
         a = 1.0 - F.cosine_similarity(f, g, dim=1)  # (B, H_k, W_k)
         a = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+        if weights is not None:
+            a = weights[k] * a
         total = a if total is None else total + a
     return total
 
@@ -103,20 +111,22 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0,
 
 
 def anomaly_maps(enc: list[torch.Tensor], dec: list[torch.Tensor], size: tuple[int, int],
-                 sigma: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 sigma: float = 4.0, weights: tuple[float, ...] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly maps and image scores.
 
     Args:
         enc, dec: lists of (B, C_k, H_k, W_k).
         size: (H, W) of the image.
         sigma: Gaussian smoothing (MambaAD: 4; 0 turns smoothing off).
+        weights: per-scale weights w_k of the sum (None: all 1, MambaAD's map).
 
     Returns:
         (maps (B, H, W), scores (B,)) with scores = max over pixels of the maps.
 
     Implements: eqs. (1)-(3).
     """
-    maps = cosine_distance_maps(enc, dec, size)
+    maps = cosine_distance_maps(enc, dec, size, weights)
     if sigma > 0:
         maps = gaussian_blur(maps, sigma)
     return maps, maps.flatten(1).amax(dim=1)

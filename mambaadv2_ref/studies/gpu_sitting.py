@@ -105,6 +105,9 @@ SPEED_ROWS.update({
     "v2 compiled reduce-overhead decay_deep torch fp32": (
         "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",
                                        "compile_mixer": "reduce-overhead"}),
+    "v2 compiled reduce-overhead decay_deep torch bf16": (
+        "mambaadv2", "torch", "bf16", {"scan_plan": "decay_deep",
+                                       "compile_mixer": "reduce-overhead"}),
     "v2 compiled decay_deep mamba_ssm fp32": (
         "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default"}),
     "v2 compiled decay_deep mamba_ssm bf16": (
@@ -370,12 +373,13 @@ def run_environment(parallel: int, env: dict | None = None) -> dict:
 
 
 def score_finished(root: Path, names: list[str], out: Path, deadline: float,
-                   scales: tuple[str, ...] = ()) -> dict[str, str]:
+                   scales: tuple[str, ...] = (), normalise: bool = False) -> dict[str, str]:
     """Per-image scores of every run that finished its schedule (`studies.image_scores` into
     OUT/image_scores_NAME.json, one run at a time until `deadline`), so that runs can be
     compared image by image after the machine, and their weights, are gone; `scales` (texts
     of image_scores' --scales, checked before training starts) add one detector per scale
-    subset. Returns {name: file} of the runs scored (now or by an earlier command into OUT)."""
+    subset; `normalise` adds image_scores' --normalise readouts (statistics from the training
+    images). Returns {name: file} of the runs scored (now or by an earlier command into OUT)."""
     scored = {}
     for name in names:
         run_dir, path = root / name, out / f"image_scores_{name}.json"
@@ -389,7 +393,8 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
                 try:  # run() kills the study at the timeout
                     subprocess.run([sys.executable, "-m", "mambaadv2_ref.studies.image_scores",
                                     "--run", str(run_dir), "--out", str(path),
-                                    *[a for text in scales for a in ("--scales", text)]],
+                                    *[a for text in scales for a in ("--scales", text)],
+                                    *(["--normalise"] if normalise else [])],
                                    stdout=log,
                                    stderr=subprocess.STDOUT,
                                    timeout=max(1.0, deadline - time.monotonic()))
@@ -401,11 +406,12 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
 
 
 def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1,
-               score_scales: tuple[str, ...] = ()) -> None:
+               score_scales: tuple[str, ...] = (), score_normalise: bool = False) -> None:
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
     checkpoint, score the finished ones image by image (all scales, and each subset of
-    `score_scales`). Runs live in runs/sitting/NAME (kept between commands)."""
+    `score_scales`; with `score_normalise` also image_scores' --normalise readouts). Runs live
+    in runs/sitting/NAME (kept between commands)."""
     deadline = time.monotonic() + seconds
     out.mkdir(parents=True, exist_ok=True)
     root = Path("runs/sitting")
@@ -445,7 +451,7 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
             p.kill()
             print(f"evaluation of {name} did not finish in the time box", flush=True)
     scored = score_finished(root, [run["name"] for run in runs], out, deadline - 15,
-                            score_scales)
+                            score_scales, score_normalise)
     snapshots.drain(deadline - 5)
     for run in runs:
         run_dir = root / run["name"]
@@ -476,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-scales", action="append", default=[],
                         help="train: also score finished runs from these scales only, e.g. 0 "
                              "or 1,2 (image_scores --scales; repeat for several subsets)")
+    parser.add_argument("--score-normalise", action="store_true",
+                        help="train: also score finished runs by the readouts normalised by "
+                             "their good training images (image_scores --normalise)")
     parser.add_argument("--prefix", default="",
                         help="speed: comma-separated label prefixes (rows in that order)")
     parser.add_argument("--tag", default="all", help="speed: OUT/speed_TAG.json")
@@ -489,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.warm < 0:
         parser.error(f"--warm must be >= 0, got {args.warm}")
+    if args.score_normalise and args.stage != "train":
+        parser.error("--score-normalise scores finished training runs: it needs stage 'train'")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "speed":
@@ -505,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             parser.error(str(err).replace("--scales", "--score-scales"))
         train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()),
-                   args.eval_workers, tuple(args.score_scales))
+                   args.eval_workers, tuple(args.score_scales), args.score_normalise)
     return 0
 
 

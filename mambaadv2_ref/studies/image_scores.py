@@ -27,6 +27,15 @@ how much the unstated choice moves the image-level numbers.
 MambaAD sums all three; which scales carry the image-level signal is another unstated reading,
 and each subset becomes one more detector of the table (and of the paired comparison).
 
+`--normalise` adds readouts normalised by the class's good training images (train split only,
+so nothing is chosen on the test set; `studies.normalised_readout`): a "z" twin of every
+detector, its maps Z(u) = (A(u) - mu(u)) / (sigma(u) + eps) with the per-pixel mean and std of
+the training maps, and (for all scales of a reconstruction detector, not PatchCore) the
+scale-balanced detector A_bal = G_sigma * sum_k Up(a_k) / m_k, m_k the mean of scale k over the
+training pixels, with its own z twin. Each is one more detector (fields "readout": "raw" | "z",
+"scale_weights": "equal" | "1/m_k"), scored by every rule, so `paired` compares a detector's
+raw max with its z max image by image.
+
 `--from` takes the detectors of earlier outputs of this study (their per-image scores), e.g.
 those `gpu_sitting train` saves for every run that finished, so that runs whose weights are gone
 can still be compared image by image.
@@ -48,6 +57,13 @@ from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.anomaly_map import anomaly_maps
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.runtime import resolve_device
+from mambaadv2_ref.studies.normalised_readout import (
+    EPS_FRACTION,
+    STATISTICS_FROM,
+    pixel_statistics,
+    scale_means,
+    z_maps,
+)
 from mambaadv2_ref.studies.results import environment, read_json
 
 RULES = ("max", "top 0.1%", "top 1%", "top 10%", "mean")
@@ -104,9 +120,12 @@ def score_rules(splits: dict[str, dict]) -> list[dict]:
 
 
 def _label(detector: dict) -> str:
-    """A detector's model name, with its scales when they are not all of them."""
+    """A detector's model name, with its scales when they are not all of them, "balanced" for
+    scale weights 1/m_k and "z" for the z readout."""
     scales = detector.get("scales", "all")
-    return detector["model"] + ("" if scales == "all" else f" scales {scales}")
+    return (detector["model"] + ("" if scales == "all" else f" scales {scales}")
+            + ("" if detector.get("scale_weights", "equal") == "equal" else " balanced")
+            + ("" if detector.get("readout", "raw") == "raw" else f" {detector['readout']}"))
 
 
 def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
@@ -116,8 +135,8 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
         detectors: `study` results (each with rows holding per-image scores and labels).
         rule: a rule of RULES.
     Returns:
-        [{a, b (labels), run_a, run_b, scales_a, scales_b, rule, classes: {class: {D, SE}},
-          mean: {D, SE}}] in percent: D = I-AUROC of
+        [{a, b (labels), run_a, run_b, scales_a, scales_b, readout_a, readout_b, weights_a,
+          weights_b, rule, classes: {class: {D, SE}}, mean: {D, SE}}] in percent: D = I-AUROC of
         detector a minus b (eq. (5) per class; the mean over classes with SE = sqrt(sum SE^2)/C).
     Raises:
         ValueError: a pair was not scored on the same classes and labels (not the same images).
@@ -141,7 +160,10 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
             da, db = detectors[i]["detector"], detectors[j]["detector"]
             out.append({"a": _label(da), "b": _label(db), "run_a": da["run"], "run_b": db["run"],
                         "scales_a": da.get("scales", "all"), "scales_b": db.get("scales", "all"),
-                        "rule": rule, "classes": per,
+                        "readout_a": da.get("readout", "raw"),
+                        "readout_b": db.get("readout", "raw"),
+                        "weights_a": da.get("scale_weights", "equal"),
+                        "weights_b": db.get("scale_weights", "equal"), "rule": rule, "classes": per,
                         "mean": {"D": sum(v["D"] for v in per.values()) / n,
                                  "SE": float(np.sqrt(sum(v["SE"] ** 2 for v in per.values())))
                                  / n}})
@@ -149,30 +171,40 @@ def paired(detectors: list[dict], rule: str = "max") -> list[dict]:
 
 
 class ScaleSubset:
-    """A trained detector whose anomaly maps sum only the scales in `scales`.
+    """A trained detector whose anomaly maps sum only the scales in `scales`, optionally
+    weighted.
 
     Args:
         model: an ADModel (forward(images) -> (enc, dec), one entry per scale, finest first).
         scales: the indices k of the scales kept (S), each in range(number of scales).
+        weights: None (every w_k = 1, the model's own sum) or one finite w_k > 0 per scale of
+            `scales` (e.g. 1 / m_k, the scale-balanced map of `studies.normalised_readout`).
     """
 
-    def __init__(self, model, scales: tuple[int, ...]):
+    def __init__(self, model, scales: tuple[int, ...],
+                 weights: tuple[float, ...] | None = None):
         num_scales = len(model.encoder.channels)
         if not scales or any(not 0 <= k < num_scales for k in scales):
             raise ValueError(f"--scales {list(scales)}: each scale must be in "
                              f"0..{num_scales - 1} (0 = finest) and at least one given")
+        if weights is not None and (len(weights) != len(scales) or not all(
+                np.isfinite(w) and w > 0 for w in weights)):
+            raise ValueError(f"weights must be one finite value > 0 per scale of {list(scales)},"
+                             f" got {list(weights)}")
         self.model, self.scales = model.eval(), tuple(scales)
+        self.weights = None if weights is None else tuple(float(w) for w in weights)
 
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor, sigma: float = 4.0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps (B, H, W) A_S = G_sigma * sum_{k in S} Up(a_k) and scores (B,) max_u A_S(u).
+        """Maps (B, H, W) A_S = G_sigma * sum_{k in S} w_k Up(a_k) and scores (B,) max_u A_S(u).
 
-        Implements: eqs. (1)-(3) of `model.anomaly_map` with the sum of eq. (2) over S.
+        Implements: eqs. (1)-(3) of `model.anomaly_map` with the sum of eq. (2) over S (w_k = 1
+        without `weights`; eq. (Z2) of `studies.normalised_readout` with w_k = 1 / m_k).
         """
         enc, dec = self.model(images)
         return anomaly_maps([enc[k] for k in self.scales], [dec[k] for k in self.scales],
-                            tuple(images.shape[-2:]), sigma)
+                            tuple(images.shape[-2:]), sigma, self.weights)
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
@@ -192,34 +224,72 @@ def _name(entry):
     return entry.get("name") if isinstance(entry, dict) else entry
 
 
+def _normalisation(stats: dict) -> dict:
+    """The record of a z detector: where its statistics come from and how many images."""
+    return {"statistics_from": STATISTICS_FROM, "split": "train",
+            "train_images": {c: st["images"] for c, st in stats.items()},
+            "eps_fraction": EPS_FRACTION, "eps": {c: st["eps"] for c, st in stats.items()}}
+
+
 def study(run, data=None, device="auto", batch_size: int = 8,
-          scales: tuple[int, ...] | None = None) -> dict:
+          scales: tuple[int, ...] | None = None, normalise: bool = False) -> list[dict]:
     """The maps of detector `run` on each trained class's test split, scored by every rule;
-    with `scales`, maps of those scales only (`ScaleSubset`)."""
+    with `scales`, maps of those scales only (`ScaleSubset`). Returns [that detector], and with
+    `normalise` its z twin (eq. Z1 of `studies.normalised_readout`) and, for all scales of a
+    reconstruction detector, the scale-balanced detector (eq. Z2) and its z twin; their
+    statistics come from each class's train split only."""
     device = resolve_device(device)
     model, meta = load_detector(run, device=device)
-    if scales is not None:
-        model = ScaleSubset(model, scales)
-    settings = meta["train"]
+    settings, classes = meta["train"], meta["train"]["classes"]
     root = evaluation_root(settings, data)
-    check_dataset(root, settings["classes"], splits=("test",))
-    splits = {}
-    for cls in settings["classes"]:
-        dataset = MVTecDataset(root, classes=[cls], split="test",
-                               image_size=settings["image_size"])
-        splits[cls] = predict_split(model, dataset, device, batch_size, desc=f"maps {cls}")
-    return {"environment": environment(device),
-            "detector": {"run": str(run), "model": meta["model"], "step": meta["step"],
-                         "profile": _name(meta.get("profile"))
-                         or meta.get("model_config", {}).get("profile"),
-                         "encoder": _name(meta.get("encoder"))  # exports; run dirs: the config
-                         or meta.get("model_config", {}).get("encoder"),
-                         "image_size": settings["image_size"],
-                         "scales": "all" if scales is None else list(scales),
-                         "data": "embedded" if settings.get("embedded") else str(root)},
-            "rows": score_rules(splits),
-            "notes": "Image metrics in percent, mean over classes, of the same maps scored by "
-                     "each rule; 'max' is MambaAD's eq. (3) and the package's score."}
+    check_dataset(root, classes, splits=("test", "train") if normalise else ("test",))
+
+    def split(cls, name):
+        return MVTecDataset(root, classes=[cls], split=name, image_size=settings["image_size"])
+
+    env = environment(device)
+    detector = {"run": str(run), "model": meta["model"], "step": meta["step"],
+                "profile": _name(meta.get("profile"))
+                or meta.get("model_config", {}).get("profile"),
+                "encoder": _name(meta.get("encoder"))  # exports; run dirs: the config
+                or meta.get("model_config", {}).get("encoder"),
+                "image_size": settings["image_size"],
+                "scales": "all" if scales is None else list(scales),
+                "data": "embedded" if settings.get("embedded") else str(root),
+                "readout": "raw", "scale_weights": "equal"}
+    one = model if scales is None else ScaleSubset(model, scales)
+    variants = [(detector, dict.fromkeys(classes, one))]
+    if normalise and scales is None and meta["model"] != "patchcore":
+        means = {c: scale_means(model, split(c, "train"), device, batch_size, c) for c in classes}
+        every = tuple(range(len(model.encoder.channels)))
+        variants.append(({**detector, "scale_weights": "1/m_k",
+                          "scale_means": {c: m.tolist() for c, m in means.items()},
+                          "scale_means_from": {"statistics_from": STATISTICS_FROM,
+                                               "split": "train", "train_images":
+                                               {c: len(split(c, "train")) for c in classes}}},
+                         {c: ScaleSubset(model, every, tuple(1 / means[c])) for c in classes}))
+    out = []
+    for entry, models in variants:
+        test = {c: predict_split(models[c], split(c, "test"), device, batch_size,
+                                 desc=f"maps {c}") for c in classes}
+        out.append({"environment": env, "detector": entry, "rows": score_rules(test),
+                    "notes": "Image metrics in percent, mean over classes, of the same maps "
+                             "scored by each rule; 'max' is MambaAD's eq. (3) and the "
+                             "package's score."})
+        if normalise:
+            stats = {c: pixel_statistics(predict_split(models[c], split(c, "train"), device,
+                                                       batch_size, desc=f"train {c}")["maps"], c)
+                     for c in classes}
+            z = {c: {"maps": z_maps(test[c]["maps"], stats[c], c), "labels": test[c]["labels"]}
+                 for c in classes}
+            out.append({"environment": env,
+                        "detector": {**entry, "readout": "z", "normalisation":
+                                     _normalisation(stats)},
+                        "rows": score_rules(z),
+                        "notes": "Each rule applied to Z(u) = (A(u) - mu(u)) / (sigma(u) + eps),"
+                                 " mu, sigma per pixel over the class's good training maps "
+                                 "(train split only)."})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="maps from these scales only, e.g. 0 or 1,2 (0 = finest); repeat "
                              "for several subsets (each run is scored once per subset, and "
                              "once with all scales)")
+    parser.add_argument("--normalise", action="store_true",
+                        help="also score readouts normalised by each class's good training "
+                             "images (train split only): a z twin of every detector and the "
+                             "scale-balanced map (studies.normalised_readout)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args(argv)
@@ -244,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     earlier = [d for path in args.earlier for d in read_json(path)["detectors"]]  # checked first
-    results = {"detectors": [study(run, args.data, args.device, scales=subset)
-                             for run in args.run for subset in subsets] + earlier}
+    results = {"detectors": [d for run in args.run for subset in subsets
+                             for d in study(run, args.data, args.device, scales=subset,
+                                            normalise=args.normalise)] + earlier}
     if len(results["detectors"]) > 1:
         results["paired"] = paired(results["detectors"])
     write_json(args.out, results)
