@@ -338,7 +338,8 @@ def plot_speed(rows: list[dict], path: Path) -> None:
     top = max([r["infer_images_per_s"] for r in done] + [r["train_images_per_s"] for r in done],
               default=1.0)
     ax.set_xlim(0, 1.15 * top)  # room for the value labels
-    ax.legend(loc="upper right", fontsize=8)  # the first rows (the slowest) leave room
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=8,
+              frameon=False)  # below the axes: never over a bar or its value
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
