@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AUPRO definition: mambaad (MambaAD/ADer: 100 thresholds, FPR rescaled "
                         "below 0.3) or mvtec (MVTec AD evaluation / anomalib: every threshold, "
                         "interpolated at FPR 0.3); recorded in metrics.json")
+    p.add_argument("--readout", choices=("raw", "z"), default="raw",
+                   help="raw: the model's maps (MambaAD's score, the max); z: each pixel's map "
+                        "standardised by its mean and spread over the class's good training "
+                        "images (test-set free), every metric read from it; writes "
+                        "metrics_z.json (and maps_z/) beside metrics.json")
 
     p = sub.add_parser("predict", help="anomaly heatmaps and scores for image files",
                        description="Score images with a trained run; writes overlays and "
@@ -161,7 +166,8 @@ def _evaluate(args) -> None:
 
     evaluate(args.run, data=args.data, classes=_classes(args.classes), device=args.device,
              batch_size=args.batch_size, save_maps=args.save_maps,
-             pixel_method=args.pixel_method, aupro_definition=args.aupro)
+             pixel_method=args.pixel_method, aupro_definition=args.aupro,
+             readout=args.readout)
 
 
 def _predict(args) -> None:

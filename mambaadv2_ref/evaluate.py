@@ -11,10 +11,18 @@ exported detector FILE.safetensors: FILE.metrics.json, and FILE.maps/ below; mod
      "mean_classes": {metric: [classes the mean covers]},
      "undefined": {cls: {metric: reason}} (only classes with an undefined metric),
      "aupro_definition": {"name": "mambaad" | "mvtec", "meaning": ...},
+     "readout": {"name": "raw" | "z", "meaning": ...}, with z also what its statistics came
+                 from (split, train_images per class, eps),
      "pixel_method": "exact" | "binned",
      "image_thresholds": {cls: F1-optimal image-score threshold on the test set},
      "map_range": {cls: [min, max] of the test maps} (predict's common colour scale),
      "run": {images, seconds, images_per_s (model time only), device, data, image_size}}
+
+With `readout="z"` (`evaluate --readout z`) every metric is read from the maps normalised by
+the class's good training images, Z(u) = (A(u) - mu(u)) / (sigma(u) + eps) (eq. Z1 of
+`model.readout`), the image score being max_u Z(u); it writes metrics_z.json (and maps_z/),
+with a "readout" entry saying what the statistics came from, so the raw metrics.json that
+predict's thresholds come from is never overwritten.
 
 A NaN or infinite anomaly map is an error naming its images, never a number. With `save_maps`,
 RUN_DIR/maps/<cls>.npz holds scores (N,), labels (N,), maps (N, H, W), masks (N, H, W) and paths
@@ -48,6 +56,7 @@ from mambaadv2_ref.metrics import (
 )
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.model.export import run_output
+from mambaadv2_ref.model.readout import pixel_statistics, readout_record, z_maps
 from mambaadv2_ref.runtime import resolve_device
 from mambaadv2_ref.timing import synchronize
 
@@ -151,13 +160,37 @@ def format_table(per_class: dict, mean: dict) -> str:
     return "\n".join([head, "-" * len(head), *rows])
 
 
+READOUTS = {"raw": "A: MambaAD's anomaly map, eqs. (1)-(3)",
+            "z": "Z = (A - mu) / (sigma + eps), mu and sigma per pixel over the class's good "
+                 "training maps (model.readout, eq. Z1); image score max_u Z"}
+
+
+def z_readout(model, root: Path, cls: str, image_size: int, device, batch_size: int,
+              res: dict) -> tuple[dict, dict]:
+    """A test split's maps read as Z, eq. (Z1) of `model.readout`.
+
+    Args:
+        model, device, batch_size: as for `predict_split`.
+        root, cls, image_size: the dataset root, the class and the image size S.
+        res: `predict_split` of the class's test split (maps A (N, S, S)).
+    Returns:
+        (res with maps Z (N, S, S) float32 and scores max_u Z (N,), the class's
+        `pixel_statistics` of its good training maps (train split only)).
+    """
+    train = MVTecDataset(root, classes=[cls], split="train", image_size=image_size)
+    stats = pixel_statistics(predict_split(model, train, device, batch_size,
+                                           desc=f"train {cls}")["maps"], cls)
+    maps = z_maps(res["maps"], stats, cls).astype(np.float32)
+    return {**res, "maps": maps, "scores": maps.reshape(len(maps), -1).max(axis=1)}, stats
+
+
 def _finite_or_none(metrics: dict) -> dict:
     return {k: float(v) if math.isfinite(v) else None for k, v in metrics.items()}
 
 
 def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto",
              batch_size: int = 8, save_maps: bool = False, pixel_method: str = "exact",
-             aupro_definition: str = "mambaad") -> dict:
+             aupro_definition: str = "mambaad", readout: str = "raw") -> dict:
     """Evaluate the run in `run_dir` on the test split of each class; write metrics.json.
 
     Args:
@@ -173,6 +206,8 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
             tests); PIXEL_METHODS.
         aupro_definition: "mambaad" (default, comparable with MambaAD's tables) or "mvtec" (the
             MVTec AD evaluation's); AUPRO_DEFINITIONS. Written into metrics.json.
+        readout: "raw" (the model's maps A) or "z" (READOUTS: the maps normalised by each
+            class's good training images; writes metrics_z.json and maps_z/ instead).
 
     Returns:
         the metrics.json content.
@@ -189,21 +224,29 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
                          f"{aupro_definition!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {sorted(READOUTS)}, got {readout!r}")
+    suffix = "" if readout == "raw" else f"_{readout}"
     run_dir = Path(run_dir)
     device = resolve_device(device)
     model, meta = load_detector(run_dir, device=device)
     settings = meta["train"]
     root = evaluation_root(settings, data)
     classes = classes or settings["classes"]
-    check_dataset(root, classes, splits=("test",))
+    check_dataset(root, classes, splits=("test",) if readout == "raw" else ("test", "train"))
+    maps_dir = run_output(run_dir, f"maps{suffix}")
     if save_maps:
-        run_output(run_dir, "maps").mkdir(exist_ok=True)
-        remove_stale_temps(run_output(run_dir, "maps"))
+        maps_dir.mkdir(exist_ok=True)
+        remove_stale_temps(maps_dir)
     per_class, undefined, thresholds, ranges, images, seconds = {}, {}, {}, {}, 0, 0.0
+    statistics = {}
     for cls in classes:
         dataset = MVTecDataset(root, classes=[cls], split="test",
                                image_size=settings["image_size"])
         res = predict_split(model, dataset, device, batch_size, desc=f"eval {cls}")
+        if readout == "z":
+            res, statistics[cls] = z_readout(model, root, cls, settings["image_size"], device,
+                                             batch_size, res)
         m = compute_metrics(res["scores"], res["labels"], res["maps"], res["masks"], cls=cls,
                             undefined="mark", method=pixel_method,
                             aupro_definition=aupro_definition)
@@ -217,7 +260,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         images += len(dataset)
         seconds += res["seconds"]
         if save_maps:
-            save_npz_atomic(run_output(run_dir, "maps") / f"{cls}.npz",
+            save_npz_atomic(maps_dir / f"{cls}.npz",
                             **{k: res[k] for k in ("scores", "labels", "maps", "masks", "paths")})
     mean = {k: float(v) for k, v in aggregate(per_class).items() if k in METRIC_KEYS}
     result = {"classes": {c: _finite_or_none(m) for c, m in per_class.items()},
@@ -225,6 +268,8 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
               "undefined": undefined,
               "aupro_definition": {"name": aupro_definition,
                                    "meaning": AUPRO_DEFINITIONS[aupro_definition]},
+              "readout": {"name": readout, "meaning": READOUTS[readout],
+                          **(readout_record(statistics) if statistics else {})},
               "pixel_method": pixel_method, "image_thresholds": thresholds, "map_range": ranges,
               "run": {"images": images, "seconds": seconds, "images_per_s": images / seconds,
                       "device": str(device), "data": str(root.resolve()),
@@ -235,6 +280,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         print(f"class {cls!r}: undefined {', '.join(reasons)} ({next(iter(reasons.values()))}); "
               "the means leave it out for those metrics")
     print(f"AUPRO: {aupro_definition} definition ({AUPRO_DEFINITIONS[aupro_definition]})")
+    print(f"readout: {readout} ({READOUTS[readout]})")
     print(f"{images} test images, {images / seconds:.1f} images/s on {device}")
-    write_json(run_output(run_dir, "metrics.json"), result)
+    write_json(run_output(run_dir, f"metrics{suffix}.json"), result)
     return result

@@ -1,4 +1,4 @@
-"""The readouts normalised by the good training images (`studies.normalised_readout`, used by
+"""The readouts normalised by the good training images (`model.readout`, used by
 `image_scores --normalise`): eq. (Z1) per pixel, eq. (Z2) per scale, the z and scale-balanced
 detectors in the study's output with their training-image counts, and named errors (CPU)."""
 
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from mambaadv2_ref.studies import image_scores
-from mambaadv2_ref.studies.image_scores import RULES, ScaleSubset, score_rules
-from mambaadv2_ref.studies.normalised_readout import (
+from mambaadv2_ref.model.readout import (
     EPS_FRACTION,
     pixel_statistics,
     scale_means,
     z_maps,
 )
+from mambaadv2_ref.studies import image_scores
+from mambaadv2_ref.studies.image_scores import RULES, ScaleSubset, score_rules
 
 
 def _small_model():
@@ -162,3 +162,43 @@ def test_normalise_adds_z_and_balanced_detectors_with_their_training_counts(data
     image_scores.main(["--run", "fake", "--device", "cpu", "--out", str(tmp_path / "r.json")])
     (plain,) = json.loads((tmp_path / "r.json").read_text())["detectors"]
     assert plain["detector"]["readout"] == "raw" and "normalisation" not in plain["detector"]
+
+
+def test_evaluate_readout_z_reads_every_metric_from_z_and_keeps_the_raw_metrics(data, tmp_path,
+                                                                                 monkeypatch):
+    """`evaluate --readout z`: the same Z as the study's z detector (its I-AUROC per class equal),
+    written to metrics_z.json with its training counts, beside an untouched metrics.json; an
+    unknown readout is refused before any work."""
+    from mambaadv2_ref import evaluate as evaluate_module
+    from mambaadv2_ref.cli import main as cli_main
+
+    model = _small_model()
+    meta = {"model": "mambaadv2", "step": 0, "profile": "tiny", "encoder": "x",
+            "train": {"classes": ["alpha", "beta"], "image_size": 64, "data": str(data)}}
+    monkeypatch.setattr(image_scores, "load_detector", lambda run, device: (model, meta))
+    monkeypatch.setattr(evaluate_module, "load_detector", lambda run, device: (model, meta))
+    image_scores.main(["--run", "fake", "--normalise", "--device", "cpu",
+                       "--out", str(tmp_path / "n.json")])
+    study_z = json.loads((tmp_path / "n.json").read_text())["detectors"][1]
+    assert study_z["detector"]["readout"] == "z"
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ValueError, match="readout"):
+        evaluate_module.evaluate(run, device="cpu", readout="zz")
+    assert not any(run.iterdir())
+    raw = evaluate_module.evaluate(run, device="cpu")
+    before = (run / "metrics.json").read_text()
+    cli_main(["evaluate", "--run", str(run), "--device", "cpu", "--readout", "z",
+              "--save-maps"])
+    z = json.loads((run / "metrics_z.json").read_text())
+    assert (run / "metrics.json").read_text() == before  # the raw metrics are kept
+    assert raw["readout"]["name"] == "raw" and z["readout"]["name"] == "z"
+    assert z["readout"]["train_images"] == {"alpha": 4, "beta": 4}
+    assert z["readout"]["split"] == "train"
+    z_max = {r["rule"]: r for r in study_z["rows"]}["max"]
+    for cls in ("alpha", "beta"):
+        assert 100 * z["classes"][cls]["I-AUROC"] == pytest.approx(
+            z_max["classes"][cls]["I-AUROC"])
+    saved = np.load(run / "maps_z" / "alpha.npz")
+    np.testing.assert_allclose(saved["scores"], saved["maps"].reshape(4, -1).max(1))
+    np.testing.assert_allclose(saved["scores"], z_max["scores"]["alpha"], rtol=1e-5)

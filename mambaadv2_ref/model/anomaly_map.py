@@ -27,7 +27,7 @@ def cosine_distance_maps(enc: list[torch.Tensor], dec: list[torch.Tensor],
         enc, dec: lists of (B, C_k, H_k, W_k), same shapes pairwise.
         size: (H, W) output size.
         weights: None (every w_k = 1: MambaAD's sum) or one weight w_k per scale (the
-            scale-balanced readout of `studies.normalised_readout` uses w_k = 1 / m_k).
+            scale-balanced readout of `model.readout` uses w_k = 1 / m_k).
 
     Returns:
         (B, H, W) sum_k w_k Up(a_k).

@@ -28,7 +28,7 @@ MambaAD sums all three; which scales carry the image-level signal is another uns
 and each subset becomes one more detector of the table (and of the paired comparison).
 
 `--normalise` adds readouts normalised by the class's good training images (train split only,
-so nothing is chosen on the test set; `studies.normalised_readout`): a "z" twin of every
+so nothing is chosen on the test set; `model.readout`): a "z" twin of every
 detector, its maps Z(u) = (A(u) - mu(u)) / (sigma(u) + eps) with the per-pixel mean and std of
 the training maps, and (for all scales of a reconstruction detector, not PatchCore) the
 scale-balanced detector A_bal = G_sigma * sum_k Up(a_k) / m_k, m_k the mean of scale k over the
@@ -56,14 +56,14 @@ from mambaadv2_ref.metrics.curves import paired_auroc_difference
 from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.anomaly_map import anomaly_maps
 from mambaadv2_ref.model.detectors import load_detector
-from mambaadv2_ref.runtime import resolve_device
-from mambaadv2_ref.studies.normalised_readout import (
-    EPS_FRACTION,
+from mambaadv2_ref.model.readout import (
     STATISTICS_FROM,
     pixel_statistics,
+    readout_record,
     scale_means,
     z_maps,
 )
+from mambaadv2_ref.runtime import resolve_device
 from mambaadv2_ref.studies.results import environment, read_json
 
 RULES = ("max", "top 0.1%", "top 1%", "top 10%", "mean")
@@ -178,7 +178,7 @@ class ScaleSubset:
         model: an ADModel (forward(images) -> (enc, dec), one entry per scale, finest first).
         scales: the indices k of the scales kept (S), each in range(number of scales).
         weights: None (every w_k = 1, the model's own sum) or one finite w_k > 0 per scale of
-            `scales` (e.g. 1 / m_k, the scale-balanced map of `studies.normalised_readout`).
+            `scales` (e.g. 1 / m_k, the scale-balanced map of `model.readout`).
     """
 
     def __init__(self, model, scales: tuple[int, ...],
@@ -200,7 +200,7 @@ class ScaleSubset:
         """Maps (B, H, W) A_S = G_sigma * sum_{k in S} w_k Up(a_k) and scores (B,) max_u A_S(u).
 
         Implements: eqs. (1)-(3) of `model.anomaly_map` with the sum of eq. (2) over S (w_k = 1
-        without `weights`; eq. (Z2) of `studies.normalised_readout` with w_k = 1 / m_k).
+        without `weights`; eq. (Z2) of `model.readout` with w_k = 1 / m_k).
         """
         enc, dec = self.model(images)
         return anomaly_maps([enc[k] for k in self.scales], [dec[k] for k in self.scales],
@@ -224,18 +224,11 @@ def _name(entry):
     return entry.get("name") if isinstance(entry, dict) else entry
 
 
-def _normalisation(stats: dict) -> dict:
-    """The record of a z detector: where its statistics come from and how many images."""
-    return {"statistics_from": STATISTICS_FROM, "split": "train",
-            "train_images": {c: st["images"] for c, st in stats.items()},
-            "eps_fraction": EPS_FRACTION, "eps": {c: st["eps"] for c, st in stats.items()}}
-
-
 def study(run, data=None, device="auto", batch_size: int = 8,
           scales: tuple[int, ...] | None = None, normalise: bool = False) -> list[dict]:
     """The maps of detector `run` on each trained class's test split, scored by every rule;
     with `scales`, maps of those scales only (`ScaleSubset`). Returns [that detector], and with
-    `normalise` its z twin (eq. Z1 of `studies.normalised_readout`) and, for all scales of a
+    `normalise` its z twin (eq. Z1 of `model.readout`) and, for all scales of a
     reconstruction detector, the scale-balanced detector (eq. Z2) and its z twin; their
     statistics come from each class's train split only."""
     device = resolve_device(device)
@@ -284,7 +277,7 @@ def study(run, data=None, device="auto", batch_size: int = 8,
                  for c in classes}
             out.append({"environment": env,
                         "detector": {**entry, "readout": "z", "normalisation":
-                                     _normalisation(stats)},
+                                     readout_record(stats)},
                         "rows": score_rules(z),
                         "notes": "Each rule applied to Z(u) = (A(u) - mu(u)) / (sigma(u) + eps),"
                                  " mu, sigma per pixel over the class's good training maps "
@@ -307,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalise", action="store_true",
                         help="also score readouts normalised by each class's good training "
                              "images (train split only): a z twin of every detector and the "
-                             "scale-balanced map (studies.normalised_readout)")
+                             "scale-balanced map (model.readout)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     args = parser.parse_args(argv)

@@ -1,7 +1,8 @@
 """Readouts normalised by a class's good training images (never by a test image).
 
-`studies.image_scores --normalise` uses them; the statistics come from the train split only, so
-no rule or weight is chosen by looking at the test set.
+`evaluate --readout z` (every metric read from Z) and `studies.image_scores --normalise` (every
+image-score rule) use them; the statistics come from the train split only, so no rule or weight
+is chosen by looking at the test set.
 
     z readout        Z(u) = (A(u) - mu(u)) / (sigma(u) + eps)                            (Z1)
                      mu(u), sigma(u): per-pixel mean and standard deviation (ddof = 1) of the
@@ -53,6 +54,15 @@ def pixel_statistics(train_maps: np.ndarray, cls: str) -> dict:
         raise ValueError(f"class {cls!r}: its {len(maps)} training maps are identical at every "
                          "pixel (sigma = 0), so Z is undefined")
     return {"mu": maps.mean(axis=0), "sigma": sigma, "eps": eps, "images": len(maps)}
+
+
+def readout_record(stats: dict) -> dict:
+    """What a z readout was computed from, for a results file: {statistics_from, split,
+    train_images: {class: N}, eps_fraction, eps: {class: eps}}; `stats`: {class:
+    `pixel_statistics`}."""
+    return {"statistics_from": STATISTICS_FROM, "split": "train",
+            "train_images": {c: st["images"] for c, st in stats.items()},
+            "eps_fraction": EPS_FRACTION, "eps": {c: st["eps"] for c, st in stats.items()}}
 
 
 def z_maps(maps: np.ndarray, stats: dict, cls: str) -> np.ndarray:
