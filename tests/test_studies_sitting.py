@@ -119,8 +119,13 @@ def test_score_normalise_is_passed_to_the_image_scores_of_finished_runs(tmp_path
     for normalise in (False, True):
         gpu_sitting.score_finished(root, ["done", "half"], out, 1e12, ("1",), normalise)
     assert [("--normalise" in c, c[c.index("--run") + 1]) for c in commands] == [
-        (False, str(root / "done")), (True, str(root / "done"))]
+        (False, str(root / "done")), (True, str(root / "done")), (False, str(root / "done"))]
     assert commands[1][-3:] == ["--scales", "1", "--normalise"]
+    assert commands[2][2:4] == ["mambaadv2_ref", "evaluate"]  # evaluate --readout z
+    assert commands[2][-2:] == ["--readout", "z"]
+    (root / "done" / "metrics_z.json").write_text("{}")  # evaluated once: not again
+    gpu_sitting.score_finished(root, ["done"], out, 1e12, (), True)
+    assert len(commands) == 4 and "--normalise" in commands[3]
 
 
 def test_speed_rows_are_selected_by_prefixes_in_their_order():

@@ -379,7 +379,8 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
     compared image by image after the machine, and their weights, are gone; `scales` (texts
     of image_scores' --scales, checked before training starts) add one detector per scale
     subset; `normalise` adds image_scores' --normalise readouts (statistics from the training
-    images). Returns {name: file} of the runs scored (now or by an earlier command into OUT)."""
+    images) and `evaluate --readout z` (RUN/metrics_z.json, every metric read from the z maps).
+    Returns {name: file} of the runs scored (now or by an earlier command into OUT)."""
     scored = {}
     for name in names:
         run_dir, path = root / name, out / f"image_scores_{name}.json"
@@ -400,6 +401,17 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
                                    timeout=max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     print(f"image scores of {name} did not finish in the time box", flush=True)
+        if normalise and not (run_dir / "metrics_z.json").exists() and (
+                time.monotonic() < deadline - 10):
+            with open(out / f"log_{name}.txt", "a") as log:
+                try:  # every metric read from the z maps (evaluate --readout z)
+                    subprocess.run([sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run",
+                                    str(run_dir), "--batch-size", "16", "--readout", "z"],
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"the z evaluation of {name} did not finish in the time box",
+                          flush=True)
         if path.exists():
             scored[name] = path.name
     return scored
@@ -410,8 +422,9 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
     checkpoint, score the finished ones image by image (all scales, and each subset of
-    `score_scales`; with `score_normalise` also image_scores' --normalise readouts). Runs live
-    in runs/sitting/NAME (kept between commands)."""
+    `score_scales`; with `score_normalise` also image_scores' --normalise readouts and
+    `evaluate --readout z`, recorded as metrics_z). Runs live in runs/sitting/NAME (kept
+    between commands)."""
     deadline = time.monotonic() + seconds
     out.mkdir(parents=True, exist_ok=True)
     root = Path("runs/sitting")
@@ -460,10 +473,11 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
             manifest = json.loads((run_dir / MANIFEST).read_text())
             record.update({k: manifest.get(k) for k in ("step", "history", "train",
                                                         "train_seconds", "model_config")})
-            if (run_dir / "metrics.json").exists():
-                metrics = json.loads((run_dir / "metrics.json").read_text())
-                if metrics.get("run", {}).get("step") == record["step"]:  # not stale
-                    record["metrics"] = metrics
+            for key, file in (("metrics", "metrics.json"), ("metrics_z", "metrics_z.json")):
+                if (run_dir / file).exists():
+                    metrics = json.loads((run_dir / file).read_text())
+                    if metrics.get("run", {}).get("step") == record["step"]:  # not stale
+                        record[key] = metrics
             record["curve"] = snapshot_curve(run_dir)
             if run["name"] in scored:
                 record["image_scores"] = scored[run["name"]]
