@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw: the model's maps (MambaAD's score, the max); z: each pixel's map "
                         "standardised by its mean and spread over the class's good training "
                         "images (test-set free), every metric read from it; writes "
-                        "metrics_z.json (and maps_z/) beside metrics.json")
+                        "metrics_z.json (and maps_z/) beside metrics.json, and each class's "
+                        "statistics to readout_z/ for predict --readout z")
 
     p = sub.add_parser("predict", help="anomaly heatmaps and scores for image files",
                        description="Score images with a trained run; writes overlays and "
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cls", default=None,
                    help="class whose evaluation threshold decides is_anomalous")
     p.add_argument("--device", default="auto")
+    p.add_argument("--readout", choices=("raw", "z"), default="raw",
+                   help="raw: the model's maps; z: each map standardised with the class's "
+                        "training statistics that `evaluate --readout z` saved (its threshold "
+                        "and colour scale from metrics_z.json)")
 
     p = sub.add_parser(
         "export", help="a compact trained-detector file to share (no frozen encoder, no optimizer)",
@@ -173,7 +178,8 @@ def _evaluate(args) -> None:
 def _predict(args) -> None:
     from mambaadv2_ref.predict import predict
 
-    predict(args.run, args.images, args.out, cls=args.cls, device=args.device)
+    predict(args.run, args.images, args.out, cls=args.cls, device=args.device,
+            readout=args.readout)
 
 
 def _export(args) -> None:

@@ -21,8 +21,8 @@ exported detector FILE.safetensors: FILE.metrics.json, and FILE.maps/ below; mod
 With `readout="z"` (`evaluate --readout z`) every metric is read from the maps normalised by
 the class's good training images, Z(u) = (A(u) - mu(u)) / (sigma(u) + eps) (eq. Z1 of
 `model.readout`), the image score being max_u Z(u); it writes metrics_z.json (and maps_z/),
-with a "readout" entry saying what the statistics came from, so the raw metrics.json that
-predict's thresholds come from is never overwritten.
+with a "readout" entry saying what the statistics came from, so the raw metrics.json is never
+overwritten, and each class's statistics to readout_z/<cls>.npz for `predict --readout z`.
 
 A NaN or infinite anomaly map is an error naming its images, never a number. With `save_maps`,
 RUN_DIR/maps/<cls>.npz holds scores (N,), labels (N,), maps (N, H, W), masks (N, H, W) and paths
@@ -184,6 +184,38 @@ def z_readout(model, root: Path, cls: str, image_size: int, device, batch_size: 
     return {**res, "maps": maps, "scores": maps.reshape(len(maps), -1).max(axis=1)}, stats
 
 
+def readout_statistics_path(run_dir, cls: str) -> Path:
+    """RUN/readout_z/<cls>.npz (FILE.readout_z/<cls>.npz beside an exported detector): the
+    class's z statistics that `evaluate --readout z` saved for `predict --readout z`."""
+    return run_output(run_dir, "readout_z") / f"{cls}.npz"
+
+
+def save_readout_statistics(run_dir, cls: str, stats: dict, step: int) -> None:
+    """Write a class's `pixel_statistics` (mu, sigma (S, S), eps, images) and the checkpoint's
+    step to `readout_statistics_path`, atomically."""
+    path = readout_statistics_path(run_dir, cls)
+    path.parent.mkdir(exist_ok=True)
+    remove_stale_temps(path.parent)
+    save_npz_atomic(path, mu=stats["mu"], sigma=stats["sigma"], eps=np.float64(stats["eps"]),
+                    images=np.int64(stats["images"]), step=np.int64(step))
+
+
+def load_readout_statistics(run_dir, cls: str, step: int | None) -> dict:
+    """The statistics `save_readout_statistics` wrote for `cls`, as `pixel_statistics` returns
+    them. Raises ValueError naming the file when absent or saved at another training step."""
+    path = readout_statistics_path(run_dir, cls)
+    if not path.is_file():
+        raise ValueError(f"{path}: no z statistics for class {cls!r}; run `evaluate --run "
+                         f"{run_dir} --readout z` first")
+    with np.load(path) as f:
+        stats = {"mu": f["mu"], "sigma": f["sigma"], "eps": float(f["eps"]),
+                 "images": int(f["images"]), "step": int(f["step"])}
+    if step is not None and stats["step"] != step:
+        raise ValueError(f"{path} was computed at training step {stats['step']} but the "
+                         f"checkpoint is at step {step}: run `evaluate --readout z` again")
+    return stats
+
+
 def _finite_or_none(metrics: dict) -> dict:
     return {k: float(v) if math.isfinite(v) else None for k, v in metrics.items()}
 
@@ -247,6 +279,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         if readout == "z":
             res, statistics[cls] = z_readout(model, root, cls, settings["image_size"], device,
                                              batch_size, res)
+            save_readout_statistics(run_dir, cls, statistics[cls], meta["step"])
         m = compute_metrics(res["scores"], res["labels"], res["maps"], res["masks"], cls=cls,
                             undefined="mark", method=pixel_method,
                             aupro_definition=aupro_definition)

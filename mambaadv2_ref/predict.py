@@ -16,6 +16,11 @@ computed at another training step than the checkpoint's. Colour scale: every ove
 scale, the [min, max] of the class's test maps stored by `evaluate` (all classes' when no class
 is chosen), else the [min, max] over this call's maps (then the overlays are drawn after all
 images are scored). `predict.json` records the threshold, the scale and the skipped files.
+
+With `readout="z"` (`predict --readout z`) each map is read as Z(u) = (A(u) - mu(u)) /
+(sigma(u) + eps) with the class's statistics that `evaluate --readout z` saved (eq. Z1 of
+`model.readout`, from the good training images), the score is max_u Z, and the threshold and
+colour scale come from metrics_z.json; it needs one class (`cls`, or a run evaluated on one).
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ from tqdm.auto import tqdm
 from mambaadv2_ref.checkpoint import atomic_write, write_json
 from mambaadv2_ref.data.mvtec import IMAGE_EXTENSIONS
 from mambaadv2_ref.data.transforms import denormalise, load_image
-from mambaadv2_ref.evaluate import check_finite_maps, remove_stale_temps
+from mambaadv2_ref.evaluate import (
+    READOUTS,
+    check_finite_maps,
+    load_readout_statistics,
+    remove_stale_temps,
+)
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.model.export import run_output
+from mambaadv2_ref.model.readout import z_maps
 from mambaadv2_ref.overlay import plot_heatmap_overlay
 from mambaadv2_ref.runtime import resolve_device
 
@@ -56,10 +67,15 @@ def list_images(images) -> list[Path]:
     return files
 
 
-def _evaluation(run_dir: Path, step: int | None) -> dict:
-    """RUN_DIR/metrics.json or FILE.metrics.json ({} when absent); an evaluation of another step
-    is an error."""
-    path = run_output(run_dir, "metrics.json")
+def _metrics_name(readout: str) -> str:
+    """The evaluation file of a readout: metrics.json (raw) or metrics_z.json (z)."""
+    return "metrics.json" if readout == "raw" else f"metrics_{readout}.json"
+
+
+def _evaluation(run_dir: Path, step: int | None, readout: str = "raw") -> dict:
+    """RUN_DIR/metrics.json or FILE.metrics.json (metrics_z.json for readout z; {} when
+    absent); an evaluation of another step is an error."""
+    path = run_output(run_dir, _metrics_name(readout))
     if not path.exists():
         return {}
     metrics = json.loads(path.read_text())
@@ -70,14 +86,15 @@ def _evaluation(run_dir: Path, step: int | None) -> dict:
     return metrics
 
 
-def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None
-                     ) -> tuple[str | None, float | None, str]:
+def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None,
+                     readout: str = "raw") -> tuple[str | None, float | None, str]:
     """(class, threshold, note) from RUN_DIR/metrics.json; threshold None when unavailable.
 
     Args:
         run_dir: run directory or exported file.
         cls: class whose threshold to use (None: the only one).
         step: the checkpoint's step; a metrics.json of another step is refused.
+        readout: "raw" (metrics.json) or "z" (metrics_z.json).
 
     Returns:
         the class, its threshold, and one sentence saying where the threshold comes from or why
@@ -86,11 +103,13 @@ def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None
     Raises:
         ValueError: `cls` given but the evaluation has no threshold for it, or stale metrics.
     """
-    thresholds = _evaluation(run_dir, step).get("image_thresholds", {})
+    thresholds = _evaluation(run_dir, step, readout).get("image_thresholds", {})
+    evaluate_first = "run evaluate" + ("" if readout == "raw" else f" --readout {readout}")
     if cls is not None:
         if cls not in thresholds:
-            raise ValueError(f"--class {cls!r}: no stored threshold (evaluated classes: "
-                             f"{sorted(thresholds) or 'none, run evaluate first'})")
+            raise ValueError(f"--class {cls!r}: no stored threshold in "
+                             f"{run_output(run_dir, _metrics_name(readout))} (evaluated "
+                             f"classes: {sorted(thresholds) or f'none, {evaluate_first} first'})")
         return cls, float(thresholds[cls]), f"threshold of class {cls!r}: {thresholds[cls]:.4g}"
     if len(thresholds) == 1:
         (name, value), = thresholds.items()
@@ -98,13 +117,15 @@ def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None
     if thresholds:
         why = f"the run was evaluated on several classes {sorted(thresholds)}: pass --class"
     else:
-        why = f"{run_output(run_dir, 'metrics.json')} has no threshold: run evaluate first"
+        why = (f"{run_output(run_dir, _metrics_name(readout))} has no threshold: "
+               f"{evaluate_first} first")
     return None, None, f"NO THRESHOLD ({why}); scores only, no normal/anomalous decision"
 
 
-def stored_colour_scale(run_dir: Path, cls: str | None) -> tuple[float, float] | None:
+def stored_colour_scale(run_dir: Path, cls: str | None, readout: str = "raw"
+                        ) -> tuple[float, float] | None:
     """[min, max] of the evaluated test maps of `cls` (all classes when None), or None."""
-    ranges = _evaluation(run_dir, None).get("map_range", {})
+    ranges = _evaluation(run_dir, None, readout).get("map_range", {})
     chosen = [ranges[cls]] if cls in ranges else [] if cls is not None else list(ranges.values())
     if not chosen:
         return None
@@ -125,7 +146,8 @@ def _save_overlay(path: Path, out: Path, size: int, amap: np.ndarray, score: flo
 
 
 @torch.no_grad()
-def predict(run_dir, images, out, cls: str | None = None, device="auto") -> list[dict]:
+def predict(run_dir, images, out, cls: str | None = None, device="auto",
+            readout: str = "raw") -> list[dict]:
     """Score image files with the detector of `run_dir`; write overlays and scores.csv to `out`.
 
     Args:
@@ -134,22 +156,34 @@ def predict(run_dir, images, out, cls: str | None = None, device="auto") -> list
         out: output folder (created).
         cls: class whose stored threshold decides is_anomalous (default: the only class).
         device: "auto", "cpu" or "cuda[:N]".
+        readout: "raw" (the model's map A) or "z" (A standardised by the class's training
+            statistics, saved by `evaluate --readout z`).
 
     Returns:
         one dict per scored image: path, score, threshold, is_anomalous ("" when no threshold).
 
     Raises:
-        ValueError: no image could be read, a NaN/inf map (naming the image), stale metrics.
+        ValueError: no image could be read, a NaN/inf map (naming the image), stale metrics;
+            for readout z: no class or no saved statistics (before any image is scored).
     """
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {sorted(READOUTS)}, got {readout!r}")
     files = list_images(images)
     out = Path(out)
     print(f"predict: scoring {len(files)} image(s) from {images} with run {run_dir}; writing "
           f"to {out} as it goes", flush=True)
     device = resolve_device(device)
     model, meta = load_detector(run_dir, device=device)
-    cls, threshold, note = stored_threshold(run_dir, cls, meta.get("step"))
+    cls, threshold, note = stored_threshold(run_dir, cls, meta.get("step"), readout)
+    stats = None
+    if readout == "z":
+        if cls is None:
+            raise ValueError("--readout z reads each map with one class's statistics: pass "
+                             f"--class ({note})")
+        stats = load_readout_statistics(run_dir, cls, meta.get("step"))
+        note += f"; z readout with the statistics of class {cls!r}"
     print(f"predict: {note}", flush=True)
-    scale = stored_colour_scale(run_dir, cls)
+    scale = stored_colour_scale(run_dir, cls, readout)
     source = "the evaluated test maps" if scale else "this call's maps"
     size = meta["train"]["image_size"]
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +201,9 @@ def predict(run_dir, images, out, cls: str | None = None, device="auto") -> list
                 continue
             maps, scores = model.anomaly_map(x[None].to(device))
             amap, score = maps[0].float().cpu().numpy(), float(scores[0])
+            if stats is not None:  # eq. (Z1) of model.readout, then max_u Z
+                amap = z_maps(amap[None], stats, cls)[0].astype(np.float32)
+                score = float(amap.max())
             check_finite_maps(amap[None], np.array([score]), [path])
             row = {"path": str(path), "score": score, "threshold": "", "is_anomalous": ""}
             if threshold is not None:
@@ -184,7 +221,8 @@ def predict(run_dir, images, out, cls: str | None = None, device="auto") -> list
         for path, amap, score in pending:
             _save_overlay(path, out, size, amap, score, threshold, scale)
     write_json(out / "predict.json", {
-        "run": str(Path(run_dir).resolve()), "threshold": threshold, "threshold_class": cls,
+        "run": str(Path(run_dir).resolve()), "readout": readout,
+        "threshold": threshold, "threshold_class": cls,
         "threshold_note": note, "scored": len(rows), "skipped": skipped,
         "colour_scale": {"vmin": scale[0], "vmax": scale[1], "source": source} if scale else None})
     if not rows:

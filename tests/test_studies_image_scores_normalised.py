@@ -202,3 +202,41 @@ def test_evaluate_readout_z_reads_every_metric_from_z_and_keeps_the_raw_metrics(
     saved = np.load(run / "maps_z" / "alpha.npz")
     np.testing.assert_allclose(saved["scores"], saved["maps"].reshape(4, -1).max(1))
     np.testing.assert_allclose(saved["scores"], z_max["scores"]["alpha"], rtol=1e-5)
+
+
+def test_predict_readout_z_scores_images_as_evaluate_read_them(data, tmp_path, monkeypatch):
+    """`predict --readout z` reads each map with the statistics `evaluate --readout z` saved:
+    the scores of the test images equal evaluate's z scores; without those statistics, without
+    a class, or with statistics of another step it refuses before scoring anything."""
+    from mambaadv2_ref import evaluate as evaluate_module
+    from mambaadv2_ref import predict as predict_module
+
+    model = _small_model()
+    meta = {"model": "mambaadv2", "step": 3, "profile": "tiny", "encoder": "x",
+            "train": {"classes": ["alpha", "beta"], "image_size": 64, "data": str(data)}}
+    for module in (evaluate_module, predict_module):
+        monkeypatch.setattr(module, "load_detector", lambda run, device: (model, meta))
+    run = tmp_path / "run"
+    run.mkdir()
+    images = data / "alpha" / "test" / "good"
+    with pytest.raises(ValueError, match="readout z"):  # nothing evaluated with z yet
+        predict_module.predict(run, images, tmp_path / "p0", cls="alpha", device="cpu",
+                               readout="z")
+    evaluate_module.evaluate(run, device="cpu", readout="z", save_maps=True)
+    assert sorted(p.name for p in (run / "readout_z").iterdir()) == ["alpha.npz", "beta.npz"]
+    with pytest.raises(ValueError, match="--class"):  # two classes: which statistics?
+        predict_module.predict(run, images, tmp_path / "p1", device="cpu", readout="z")
+    rows = predict_module.predict(run, images, tmp_path / "p2", cls="alpha", device="cpu",
+                                  readout="z")
+    saved = np.load(run / "maps_z" / "alpha.npz")
+    by_path = dict(zip(map(str, saved["paths"]), saved["scores"], strict=True))
+    assert len(rows) == 2 and all(row["path"] in by_path for row in rows)
+    for row in rows:
+        assert row["score"] == pytest.approx(float(by_path[row["path"]]), rel=1e-5)
+    thresholds = json.loads((run / "metrics_z.json").read_text())["image_thresholds"]
+    assert rows[0]["threshold"] == thresholds["alpha"]
+    assert json.loads((tmp_path / "p2" / "predict.json").read_text())["readout"] == "z"
+    meta["step"] = 4  # a later checkpoint: the saved statistics are stale
+    with pytest.raises(ValueError, match="step"):
+        predict_module.predict(run, images, tmp_path / "p3", cls="alpha", device="cpu",
+                               readout="z")
