@@ -240,3 +240,21 @@ def test_predict_readout_z_scores_images_as_evaluate_read_them(data, tmp_path, m
     with pytest.raises(ValueError, match="step"):
         predict_module.predict(run, images, tmp_path / "p3", cls="alpha", device="cpu",
                                readout="z")
+
+
+def test_z_readout_figure_shows_the_image_a_mu_sigma_and_z():
+    """Five panels, Z computed by eq. (Z1) from the statistics given (its maximum marked)."""
+    from mambaadv2_ref.viz.heatmaps import z_readout_figure
+
+    rng = np.random.default_rng(0)
+    train = rng.random((5, 16, 16))
+    stats = pixel_statistics(train, "c")
+    amap = rng.random((16, 16))
+    mask = np.zeros((16, 16))
+    mask[4:8, 4:8] = 1
+    fig = z_readout_figure(torch.zeros(3, 16, 16), torch.as_tensor(mask), amap, stats, "t")
+    panels = [ax for ax in fig.get_axes() if ax.get_images()]
+    assert len(panels) == 5
+    np.testing.assert_allclose(panels[4].get_images()[0].get_array(),
+                               z_maps(amap[None], stats, "c")[0])
+    assert "5 good training maps" in panels[2].get_title()

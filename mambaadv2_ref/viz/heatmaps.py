@@ -122,3 +122,45 @@ def heatmap_explorer_figure(image: torch.Tensor, masks: torch.Tensor | None, res
         if ax.get_images():
             ax.set_axis_off()
     return fig
+
+
+def z_readout_figure(image: torch.Tensor, mask: torch.Tensor | None, amap: np.ndarray,
+                     stats: dict, title: str = "") -> Figure:
+    """One image read both ways: its map A, the class's training mu and sigma, and Z.
+
+    Args:
+        image: (3, H, W) ImageNet-normalised image.
+        mask: (H, W) or (1, H, W) ground truth in {0, 1} (outlined in white), or None.
+        amap: (H, W) anomaly map A of the image (eq. (2) of `model.anomaly_map`).
+        stats: the class's `model.readout.pixel_statistics` (mu, sigma (H, W), eps, images).
+        title: figure title.
+
+    Returns:
+        Figure with five panels: the image, A, mu, sigma and Z = (A - mu) / (sigma + eps)
+        (eq. (Z1) of `model.readout`), each map on its own colour scale with its maximum marked.
+    """
+    from mambaadv2_ref.model.readout import z_maps
+
+    amap = np.asarray(amap, dtype=np.float64)
+    z = z_maps(amap[None], stats, "this image's class")[0]
+    outline = None if mask is None else np.asarray(mask).reshape(amap.shape) > 0.5
+    fig = Figure(figsize=(15, 3.4), layout="constrained")
+    axes = fig.subplots(1, 5)
+    axes[0].imshow(denormalise(image.cpu()).clamp(0, 1).permute(1, 2, 0).numpy())
+    axes[0].set_title("image")
+    n = stats["images"]
+    panels = ((amap, "map A"), (stats["mu"], f"mu: mean of {n} good training maps"),
+              (stats["sigma"], "sigma: their std"), (z, "Z = (A - mu) / (sigma + eps)"))
+    for ax, (values, name) in zip(axes[1:], panels, strict=True):
+        shown = ax.imshow(values, cmap="jet")
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+        row, col = np.unravel_index(np.argmax(values), values.shape)
+        ax.plot(col, row, marker="x", color="white", markersize=9, mew=2)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        if outline is not None and outline.any():
+            ax.contour(outline, levels=[0.5], colors="white", linewidths=1)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
