@@ -108,6 +108,10 @@ SPEED_ROWS.update({
     "v2 compiled reduce-overhead decay_deep torch bf16": (
         "mambaadv2", "torch", "bf16", {"scan_plan": "decay_deep",
                                        "compile_mixer": "reduce-overhead"}),
+    **{f"v2 compiled reduce-overhead chunk 16 decay_deep torch {p}": (  # memory without
+        "mambaadv2", "torch", p, {"scan_plan": "decay_deep",  # recomputing: smaller chunks
+                                  "compile_mixer": "reduce-overhead", "chunk_size": 16})
+       for p in ("fp32", "bf16")},
     "v2 compiled decay_deep mamba_ssm fp32": (
         "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default"}),
     "v2 compiled decay_deep mamba_ssm bf16": (
