@@ -165,6 +165,13 @@ READOUTS = {"raw": "A: MambaAD's anomaly map, eqs. (1)-(3)",
                  "training maps (model.readout, eq. Z1); image score max_u Z"}
 
 
+def training_statistics(model, dataset, device, batch_size: int, cls: str) -> dict:
+    """`model.readout.pixel_statistics` of the maps of `dataset`, one class's good training
+    images (train split): mu, sigma, eps of eq. (Z1)."""
+    return pixel_statistics(predict_split(model, dataset, device, batch_size,
+                                          desc=f"train {cls}")["maps"], cls)
+
+
 def z_readout(model, root: Path, cls: str, image_size: int, device, batch_size: int,
               res: dict) -> tuple[dict, dict]:
     """A test split's maps read as Z, eq. (Z1) of `model.readout`.
@@ -178,8 +185,7 @@ def z_readout(model, root: Path, cls: str, image_size: int, device, batch_size: 
         `pixel_statistics` of its good training maps (train split only)).
     """
     train = MVTecDataset(root, classes=[cls], split="train", image_size=image_size)
-    stats = pixel_statistics(predict_split(model, train, device, batch_size,
-                                           desc=f"train {cls}")["maps"], cls)
+    stats = training_statistics(model, train, device, batch_size, cls)
     maps = z_maps(res["maps"], stats, cls).astype(np.float32)
     return {**res, "maps": maps, "scores": maps.reshape(len(maps), -1).max(axis=1)}, stats
 

@@ -376,6 +376,19 @@ def run_environment(parallel: int, env: dict | None = None) -> dict:
     return env
 
 
+def run_until(cmd: list[str], log: Path, deadline: float, what: str) -> None:
+    """Run `cmd` (output appended to `log`) if more than 10 s are left before `deadline`
+    (time.monotonic); subprocess.run kills it at the deadline, and that is printed."""
+    if time.monotonic() >= deadline - 10:
+        return
+    with open(log, "a") as out:
+        try:
+            subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                           timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{what} did not finish in the time box", flush=True)
+
+
 def score_finished(root: Path, names: list[str], out: Path, deadline: float,
                    scales: tuple[str, ...] = (), normalise: bool = False) -> dict[str, str]:
     """Per-image scores of every run that finished its schedule (`studies.image_scores` into
@@ -393,29 +406,17 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
         manifest = json.loads((run_dir / MANIFEST).read_text())
         if manifest.get("step") != (manifest.get("train") or {}).get("num_steps"):
             continue
-        if not path.exists() and time.monotonic() < deadline - 10:
-            with open(out / f"log_{name}.txt", "a") as log:
-                try:  # run() kills the study at the timeout
-                    subprocess.run([sys.executable, "-m", "mambaadv2_ref.studies.image_scores",
-                                    "--run", str(run_dir), "--out", str(path),
-                                    *[a for text in scales for a in ("--scales", text)],
-                                    *(["--normalise"] if normalise else [])],
-                                   stdout=log,
-                                   stderr=subprocess.STDOUT,
-                                   timeout=max(1.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    print(f"image scores of {name} did not finish in the time box", flush=True)
-        if normalise and not (run_dir / "metrics_z.json").exists() and (
-                time.monotonic() < deadline - 10):
-            with open(out / f"log_{name}.txt", "a") as log:
-                try:  # every metric read from the z maps (evaluate --readout z)
-                    subprocess.run([sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run",
-                                    str(run_dir), "--batch-size", "16", "--readout", "z"],
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   timeout=max(1.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    print(f"the z evaluation of {name} did not finish in the time box",
-                          flush=True)
+        log = out / f"log_{name}.txt"
+        if not path.exists():
+            run_until([sys.executable, "-m", "mambaadv2_ref.studies.image_scores", "--run",
+                       str(run_dir), "--out", str(path),
+                       *[a for text in scales for a in ("--scales", text)],
+                       *(["--normalise"] if normalise else [])],
+                      log, deadline, f"image scores of {name}")
+        if normalise and not (run_dir / "metrics_z.json").exists():
+            run_until([sys.executable, "-m", "mambaadv2_ref", "evaluate", "--run", str(run_dir),
+                       "--batch-size", "16", "--readout", "z"],  # every metric read from Z
+                      log, deadline, f"the z evaluation of {name}")
         if path.exists():
             scored[name] = path.name
     return scored

@@ -51,14 +51,13 @@ import torch
 
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.data import MVTecDataset, check_dataset
-from mambaadv2_ref.evaluate import evaluation_root, predict_split
+from mambaadv2_ref.evaluate import evaluation_root, predict_split, training_statistics
 from mambaadv2_ref.metrics.curves import paired_auroc_difference
 from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.anomaly_map import anomaly_maps
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.model.readout import (
     STATISTICS_FROM,
-    pixel_statistics,
     readout_record,
     scale_means,
     z_maps,
@@ -270,9 +269,8 @@ def study(run, data=None, device="auto", batch_size: int = 8,
                              "scored by each rule; 'max' is MambaAD's eq. (3) and the "
                              "package's score."})
         if normalise:
-            stats = {c: pixel_statistics(predict_split(models[c], split(c, "train"), device,
-                                                       batch_size, desc=f"train {c}")["maps"], c)
-                     for c in classes}
+            stats = {c: training_statistics(models[c], split(c, "train"), device, batch_size,
+                                            c) for c in classes}
             z = {c: {"maps": z_maps(test[c]["maps"], stats[c], c), "labels": test[c]["labels"]}
                  for c in classes}
             out.append({"environment": env,
