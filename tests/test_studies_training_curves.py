@@ -104,3 +104,21 @@ def test_earlier_converged_rows_stay_in_the_rewritten_converged_file(tmp_path):
         ("v2_s0", 60.0), ("v2_s2", 66.0)]
     with pytest.raises(ValueError, match="both hold run"):
         training_curves.collect([tmp_path / "old"], tmp_path / "c", earlier_done=done)
+
+
+def test_converged_rows_carry_the_z_readout_of_the_same_checkpoint(tmp_path):
+    """A finished run whose command recorded `evaluate --readout z` (metrics_z) at its last
+    step gets metrics_z in percent beside the raw metrics; a z evaluation of an earlier step
+    is stale and left out."""
+    mean = lambda v: {k: v for k in METRIC_KEYS}  # noqa: E731
+    fresh = {**_record("v2_s0", "mambaadv2", 0, 400, 400, [(400, 0.70)], final=0.70),
+             "metrics_z": {"mean": mean(0.75), "run": {"step": 400}}}
+    stale = {**_record("v2_s1", "mambaadv2", 1, 400, 400, [(400, 0.60)], final=0.60),
+             "metrics_z": {"mean": mean(0.65), "run": {"step": 200}}}
+    _write(tmp_path / "c1", [fresh, stale])
+    training_curves.collect([tmp_path / "c1"], tmp_path)
+    rows = json.loads((tmp_path / "converged_bsdata_paper_gpu.json").read_text())["rows"]
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["v2_s0"]["metrics_z"]["mAD"] == pytest.approx(75.0)
+    assert by_run["v2_s0"]["metrics"]["mAD"] == pytest.approx(70.0)
+    assert "metrics_z" not in by_run["v2_s1"]

@@ -18,8 +18,9 @@ profile):
   the summary over seeds per (model, encoder, step): mean, std (sample, n-1) and n;
   PatchCore fits (no steps) as reference rows; plus the .png of the curves.
 - converged_DATASET_PROFILE_gpu.json: one row per run whose last checkpoint is the end of its
-  schedule (fixed schedule, last checkpoint, no model selection), with train_s; written only when
-  such runs exist.
+  schedule (fixed schedule, last checkpoint, no model selection), with train_s, and metrics_z
+  (the same checkpoint read out by `evaluate --readout z`) where the command recorded it; written
+  only when such runs exist.
 
 A snapshot is scored like any checkpoint (`evaluate --run RUN/snapshots/stepN`): its step is fixed
 in advance (`snapshot_every`), so comparing models at a step selects nothing on the test set.
@@ -118,8 +119,12 @@ def converged_row(record: dict) -> dict | None:
     if info["model"] == "patchcore" or metrics is None or record["step"] != train.get(
             "num_steps"):
         return None
-    return {**info, "steps": record["step"], "epochs": epochs_at(record["step"], train),
-            "train_s": record.get("train_seconds"), "metrics": percent(metrics)}
+    row = {**info, "steps": record["step"], "epochs": epochs_at(record["step"], train),
+           "train_s": record.get("train_seconds"), "metrics": percent(metrics)}
+    z = record.get("metrics_z") or {}
+    if z.get("mean") is not None and z.get("run", {}).get("step") == record["step"]:
+        row["metrics_z"] = percent(z["mean"])  # `evaluate --readout z` at the same checkpoint
+    return row
 
 
 def plot_curves(summary: list[dict], title: str, metrics=PLOTTED) -> Figure:
