@@ -124,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "entries are left out when they are the pretrained weights installed here: "
                     "loading rebuilds the encoder and checks its SHA-256 fingerprint) and the "
                     "manifest FILE.json (model, config, step, training settings, history, "
-                    "fingerprints); copies RUN/metrics.json to FILE.metrics.json when it is of "
-                    "the same step. `evaluate --run FILE.safetensors`, `predict --run ...` and "
-                    "load_detector read it.")
+                    "fingerprints); copies RUN/metrics.json, RUN/metrics_z.json and "
+                    "RUN/readout_z/ to FILE.metrics.json, FILE.metrics_z.json and "
+                    "FILE.readout_z/ when they are of the same step. `evaluate --run "
+                    "FILE.safetensors`, `predict --run ...` and load_detector read it.")
     p.add_argument("--run", required=True, help="run directory (or RUN/snapshots/stepNNNNNNN)")
     p.add_argument("--out", required=True, help="the .safetensors file to write (FILE.json too)")
 
@@ -190,7 +191,7 @@ def _export(args) -> None:
     encoder = meta["encoder"]
     print(f"exported {meta['model']} (step {meta['step']}) to {path} "
           f"({path.stat().st_size / 1e6:.2f} MB) and {sidecar_path(path)}; encoder "
-          f"{encoder['name']}: {encoder['why']}; {meta['evaluation']}")
+          f"{encoder['name']}: {encoder['why']}; {meta['evaluation']}; {meta['readout_z']}")
 
 
 def _bench(args) -> None:

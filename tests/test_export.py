@@ -12,6 +12,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,6 +21,7 @@ import mambaadv2_ref.model.encoder as encoder_module
 from mambaadv2_ref.checkpoint import file_sha256, save_checkpoint
 from mambaadv2_ref.cli import main
 from mambaadv2_ref.data import make_tiny_dataset
+from mambaadv2_ref.evaluate import evaluate, load_readout_statistics, save_readout_statistics
 from mambaadv2_ref.model import export
 from mambaadv2_ref.model.detectors import build_detector, load_detector
 from mambaadv2_ref.model.encoder import offline_weights_path
@@ -27,8 +29,10 @@ from mambaadv2_ref.model.export import (
     export_detector,
     load_exported,
     read_exported,
+    run_output,
     sidecar_path,
 )
+from mambaadv2_ref.predict import predict
 from mambaadv2_ref.train import train
 from mambaadv2_ref.train_config import TrainConfig
 
@@ -53,6 +57,17 @@ def run(data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     return export_detector(run, tmp_path_factory.mktemp("exported") / "v2.safetensors")
+
+
+@pytest.fixture(scope="module")
+def z_run(run, tmp_path_factory):
+    """A copy of `run` evaluated raw and with `--readout z`: RUN/metrics.json,
+    RUN/metrics_z.json and RUN/readout_z/."""
+    out = shutil.copytree(run, tmp_path_factory.mktemp("z") / "run")
+    evaluate(out, device="cpu")
+    evaluate(out, device="cpu", readout="z")
+    assert sorted(p.name for p in (out / "readout_z").iterdir()) == ["alpha.npz", "beta.npz"]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +273,105 @@ def test_the_books_committed_detectors_load_and_match_their_manifests(tmp_path, 
         assert maps.shape[-2:] == (size, size) and torch.isfinite(maps).all()
     monkeypatch.setenv(DETECTORS_ENV, str(tmp_path))
     assert committed_detector(names[0]) is None
+
+
+def _predict_z(run_or_file, data, out):
+    """predict --readout z --class alpha on alpha's test images: (path, score, threshold,
+    decision) per image."""
+    rows = predict(run_or_file, data / "alpha" / "test" / "stain", out, cls="alpha",
+                   device="cpu", readout="z")
+    return [(r["path"], r["score"], r["threshold"], r["is_anomalous"]) for r in rows]
+
+
+def _make_stale(run_dir, classes, step=1):
+    """Rewrite the z outputs of `run_dir` as if computed at another training `step` than its
+    checkpoint's (2): metrics_z.json always, readout_z/<cls>.npz for `classes`."""
+    metrics = json.loads((run_dir / "metrics_z.json").read_text())
+    metrics["run"]["step"] = step
+    (run_dir / "metrics_z.json").write_text(json.dumps(metrics))
+    for cls in classes:
+        save_readout_statistics(run_dir, cls, load_readout_statistics(run_dir, cls, None), step)
+
+
+def test_export_after_evaluate_readout_z_carries_the_z_statistics(z_run, data, tmp_path):
+    """FILE.metrics_z.json and FILE.readout_z/<cls>.npz are byte copies of the run's (no temp
+    files left), the manifest says so, and predict --readout z on the file gives the run's
+    scores, threshold and decisions."""
+    path = export_detector(z_run, tmp_path / "v2.safetensors")
+    assert run_output(path, "metrics_z.json").read_bytes() == (z_run / "metrics_z.json"
+                                                               ).read_bytes()
+    folder = run_output(path, "readout_z")
+    assert sorted(p.name for p in folder.iterdir()) == ["alpha.npz", "beta.npz"]
+    for npz in folder.iterdir():
+        assert npz.read_bytes() == (z_run / "readout_z" / npz.name).read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "v2.json", "v2.metrics.json", "v2.metrics_z.json", "v2.readout_z", "v2.safetensors"]
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["readout_z"].startswith("z statistics for 2 classes (alpha, beta) copied")
+    assert "metrics_z.json" in meta["readout_z"] and "copied" in meta["evaluation"]
+    on_run = _predict_z(z_run, data, tmp_path / "p_run")
+    on_file = _predict_z(path, data, tmp_path / "p_file")
+    assert on_file == on_run and on_file[0][2] != ""  # same scores, threshold, decisions
+    threshold = json.loads((z_run / "metrics_z.json").read_text())["image_thresholds"]["alpha"]
+    assert on_file[0][2] == threshold
+
+
+def test_export_removes_stale_z_copies_and_copies_only_current_classes(z_run, data, tmp_path):
+    """Statistics of another step are not copied, and the copies a previous export left are
+    removed (per file: a class still current is kept); the file then refuses predict --readout z
+    with the stale-step error of a run."""
+    run_dir = shutil.copytree(z_run, tmp_path / "run")
+    path = export_detector(run_dir, tmp_path / "out" / "v2.safetensors")
+    assert (run_output(path, "readout_z") / "beta.npz").is_file()
+    _make_stale(run_dir, ["beta"])  # alpha still at the exported step, beta and metrics_z not
+    export_detector(run_dir, path)
+    assert [p.name for p in run_output(path, "readout_z").iterdir()] == ["alpha.npz"]
+    assert not run_output(path, "metrics_z.json").exists()
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["readout_z"].startswith("z statistics for 1 class (alpha) copied")
+    assert "no metrics_z.json at this step" in meta["readout_z"]
+
+    _make_stale(run_dir, ["alpha", "beta"])
+    export_detector(run_dir, path)
+    assert not run_output(path, "readout_z").exists()  # the emptied folder goes too
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "v2.json", "v2.metrics.json", "v2.safetensors"]
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["readout_z"].startswith("no z readout at this step (run evaluate --readout z")
+    assert "copied" in meta["evaluation"]  # the raw metrics.json is still of this step
+
+    stale_copy = run_output(path, "readout_z")  # a stale folder copied by hand is refused
+    shutil.copytree(run_dir / "readout_z", stale_copy)
+    shutil.copy(run_dir / "metrics_z.json", run_output(path, "metrics_z.json"))
+    with pytest.raises(ValueError, match="step 1 but the checkpoint is at step 2"):
+        _predict_z(path, data, tmp_path / "p")
+
+
+def test_export_without_z_copies_nothing_and_predict_readout_z_refuses(run, data, tmp_path):
+    """A run never evaluated with --readout z: no z files beside the export, the manifest says
+    why, and predict --readout z on the file refuses as on the run, before scoring."""
+    path = export_detector(run, tmp_path / "v2.safetensors")
+    assert not run_output(path, "metrics_z.json").exists()
+    assert not run_output(path, "readout_z").exists()
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["readout_z"] == ("no z readout at this step (run evaluate --readout z on the run "
+                                 "or on the file for predict --readout z)")
+    with pytest.raises(ValueError, match=r"v2\.metrics_z\.json .*run evaluate --readout z first"):
+        _predict_z(path, data, tmp_path / "p")
+    with pytest.raises(ValueError, match="--readout z reads each map with one class"):
+        predict(path, data / "alpha" / "test" / "stain", tmp_path / "p2", device="cpu",
+                readout="z")
+    assert not (tmp_path / "p" / "scores.csv").exists()
+
+
+def test_evaluate_readout_z_on_the_file_saves_the_runs_statistics(z_run, tmp_path):
+    """`evaluate --run FILE.safetensors --readout z` writes the same statistics as on the run
+    (the exported detector gives exactly the run's maps)."""
+    path = export_detector(z_run, tmp_path / "v2.safetensors")
+    shutil.rmtree(run_output(path, "readout_z"))
+    evaluate(path, device="cpu", readout="z")
+    for cls in ("alpha", "beta"):
+        mine, runs = (np.load(f / f"{cls}.npz") for f in (run_output(path, "readout_z"),
+                                                          z_run / "readout_z"))
+        for key in ("mu", "sigma", "eps", "images", "step"):
+            np.testing.assert_array_equal(mine[key], runs[key])

@@ -13,13 +13,28 @@ only what training produced:
                        the encoder's fingerprint (`tensor_digest`) and where its weights came
                        from, and the SHA-256 and size of FILE.safetensors
 
+and, copied from the run by `export_detector` when evaluate computed them at the exported step
+(the step stored in each file; a stale copy from an earlier export is removed instead):
+
+    FILE.metrics.json         RUN/metrics.json: predict's thresholds and colour scale
+    FILE.metrics_z.json       RUN/metrics_z.json (`evaluate --readout z`): the same for
+                              `predict --readout z`
+    FILE.readout_z/<cls>.npz  RUN/readout_z/<cls>.npz: each class's z statistics (mu, sigma,
+                              eps, images, step), read by `predict --readout z`
+
+The manifest's "evaluation" and "readout_z" entries say what was copied, or why not. Only
+FILE.safetensors is hashed in the manifest (and verified by `read_exported`): the copied files
+are evaluation outputs, which `evaluate --run FILE.safetensors` rewrites in place, so a hash
+would call a fresh evaluation corrupt; what guards them is their stored step, which `predict`
+checks against the manifest's.
+
 `load_exported` rebuilds the detector with the pretrained encoder, checks that encoder's
 fingerprint against the stored one (other weights installed here are an error, not a silently
 different detector), loads the stored tensors strictly and returns the model in eval mode.
 `load_detector`, hence `evaluate --run` and `predict --run`, accepts FILE.safetensors too; their
-outputs for it live beside it (`run_output`: FILE.metrics.json, FILE.maps/). `export_detector`
-copies the run's metrics.json there when it was computed at the exported step, so `predict`
-finds the same thresholds and colour scale as for the run.
+outputs for it live beside it (`run_output`: FILE.metrics.json, FILE.maps/, FILE.metrics_z.json,
+FILE.readout_z/), so `predict` on the file finds the run's thresholds, colour scale and z
+statistics.
 
 Glossary: `state` a state dict; `digest` the fingerprint dict of `tensor_digest`; `sidecar`
 FILE.json.
@@ -28,10 +43,13 @@ FILE.json.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -114,18 +132,67 @@ def _encoder_verdict(meta: dict, digest: dict) -> tuple[bool, str]:
                   "rebuilt and checked on loading")
 
 
-def _export_evaluation(run_dir: Path, path: Path, step: int) -> str:
-    """Copy RUN/metrics.json beside `path` when computed at `step` (else remove a stale copy)."""
-    source, target = Path(run_dir) / "metrics.json", run_output(path, "metrics.json")
+def _evaluated_step(name: str, content: bytes) -> int | None:
+    """The training step an output of evaluate was computed at: "run"/"step" of a metrics*.json,
+    "step" of a readout_z/<cls>.npz; None when `content` is unreadable or holds no step."""
     try:
-        metrics = json.loads(source.read_text()) if source.is_file() else None
-    except json.JSONDecodeError:
-        metrics = None
-    if metrics is not None and metrics.get("run", {}).get("step") == step:
-        write_json(target, metrics)
-        return f"evaluation copied to {target}"
+        if name.endswith(".npz"):
+            with np.load(io.BytesIO(content)) as f:
+                return int(f["step"])
+        step = json.loads(content).get("run", {}).get("step")
+        return step if isinstance(step, int) else None
+    except (ValueError, KeyError, OSError, EOFError, AttributeError, zipfile.BadZipFile):
+        return None
+
+
+def _export_output(source: Path, target: Path, step: int) -> bool:
+    """Copy the evaluate output `source` to `target` (atomically, byte for byte) when it was
+    computed at training `step`; else remove a stale `target`. True when copied."""
+    content = source.read_bytes() if source.is_file() else None
+    if content is not None and _evaluated_step(source.name, content) == step:
+        atomic_write(target, lambda tmp: tmp.write_bytes(content))
+        return True
     target.unlink(missing_ok=True)
-    return "no evaluation at this step (run evaluate on the run or on the file for thresholds)"
+    return False
+
+
+def _export_evaluation(run_dir: Path, path: Path, step: int) -> dict[str, str]:
+    """Copy RUN/metrics.json, RUN/metrics_z.json and RUN/readout_z/<cls>.npz beside `path` (see
+    the module docstring), each when computed at `step`, else remove its stale copy.
+
+    Returns:
+        the manifest's {"evaluation": ..., "readout_z": ...}: what was copied, or why not.
+    """
+    copied = {name: _export_output(run_dir / name, run_output(path, name), step)
+              for name in ("metrics.json", "metrics_z.json")}
+    evaluation = (f"evaluation copied to {run_output(path, 'metrics.json')}"
+                  if copied["metrics.json"] else
+                  "no evaluation at this step (run evaluate on the run or on the file for "
+                  "thresholds)")
+    source, target = run_dir / "readout_z", run_output(path, "readout_z")
+    names = sorted(p.name for p in source.glob("*.npz")) if source.is_dir() else []
+    if names:
+        target.mkdir(exist_ok=True)
+    classes = [n.removesuffix(".npz") for n in names
+               if _export_output(source / n, target / n, step)]
+    if target.is_dir():
+        for stale in target.glob("*.npz"):  # classes the run no longer has statistics for
+            if stale.stem not in classes:
+                stale.unlink()
+        if not any(target.iterdir()):
+            target.rmdir()
+    redo = "run evaluate --readout z on the run or on the file for predict --readout z"
+    z_json = run_output(path, "metrics_z.json")
+    if classes:
+        readout = (f"z statistics for {len(classes)} class{'es' * (len(classes) > 1)} "
+                   f"({', '.join(classes)}) copied to {target}"
+                   + (f", and metrics_z.json to {z_json}" if copied["metrics_z.json"]
+                      else f"; no metrics_z.json at this step ({redo})"))
+    elif copied["metrics_z.json"]:
+        readout = f"metrics_z.json copied to {z_json}; no z statistics at this step ({redo})"
+    else:
+        readout = f"no z readout at this step ({redo})"
+    return {"evaluation": evaluation, "readout_z": readout}
 
 
 def export_detector(run_dir, path) -> Path:
@@ -167,7 +234,7 @@ def export_detector(run_dir, path) -> Path:
     if "backend" in sidecar["model_config"]:  # a compute setting (same function): an exported
         # detector runs wherever it is loaded, on mamba-ssm's kernels where they are, else torch
         sidecar["model_config"] = {**sidecar["model_config"], "backend": "auto"}
-    sidecar["evaluation"] = _export_evaluation(Path(run_dir), path, ckpt.step)
+    sidecar.update(_export_evaluation(Path(run_dir), path, ckpt.step))
     write_json(sidecar_path(path), sidecar)
     return path
 
