@@ -112,7 +112,8 @@ def test_converged_rows_carry_the_z_readout_of_the_same_checkpoint(tmp_path):
     is stale and left out."""
     mean = lambda v: {k: v for k in METRIC_KEYS}  # noqa: E731
     fresh = {**_record("v2_s0", "mambaadv2", 0, 400, 400, [(400, 0.70)], final=0.70),
-             "metrics_z": {"mean": mean(0.75), "run": {"step": 400}}}
+             "metrics_z": {"mean": mean(0.75), "run": {"step": 400}, "readout": {"name": "z"},
+                           "map_range": {"c": [0.5, 9.0]}, "image_thresholds": {"c": 4.0}}}
     stale = {**_record("v2_s1", "mambaadv2", 1, 400, 400, [(400, 0.60)], final=0.60),
              "metrics_z": {"mean": mean(0.65), "run": {"step": 200}}}
     _write(tmp_path / "c1", [fresh, stale])
@@ -121,4 +122,13 @@ def test_converged_rows_carry_the_z_readout_of_the_same_checkpoint(tmp_path):
     by_run = {r["run"]: r for r in rows}
     assert by_run["v2_s0"]["metrics_z"]["mAD"] == pytest.approx(75.0)
     assert by_run["v2_s0"]["metrics"]["mAD"] == pytest.approx(70.0)
+    assert by_run["v2_s0"]["z_readout"] == {"name": "z", "map_range": {"c": [0.5, 9.0]},
+                                            "image_thresholds": {"c": 4.0}}
     assert "metrics_z" not in by_run["v2_s1"]
+
+
+def test_loss_at_averages_the_logged_losses_up_to_each_step():
+    history = [{"step": s, "loss": float(s)} for s in range(10, 410, 10)]
+    assert training_curves.loss_at([100, 400], history, window=30) == [
+        {"step": 100, "loss": 90.0}, {"step": 400, "loss": 390.0}]
+    assert training_curves.loss_at([5], history) == []  # nothing logged yet

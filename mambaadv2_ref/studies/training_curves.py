@@ -19,8 +19,9 @@ profile):
   PatchCore fits (no steps) as reference rows; plus the .png of the curves.
 - converged_DATASET_PROFILE_gpu.json: one row per run whose last checkpoint is the end of its
   schedule (fixed schedule, last checkpoint, no model selection), with train_s, and metrics_z
-  (the same checkpoint read out by `evaluate --readout z`) where the command recorded it; written
-  only when such runs exist.
+  (the same checkpoint read out by `evaluate --readout z`; z_readout: its statistics' source, eps,
+  the range of Z over the test maps and the thresholds) where the command recorded it, and the
+  training loss at each snapshot step (`loss_at`); written only when such runs exist.
 
 A snapshot is scored like any checkpoint (`evaluate --run RUN/snapshots/stepN`): its step is fixed
 in advance (`snapshot_every`), so comparing models at a step selects nothing on the test set.
@@ -112,6 +113,18 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def loss_at(steps: list[int], history: list[dict], window: int = 100) -> list[dict]:
+    """[{step, loss}]: the training loss around each of `steps`, the mean of the logged losses
+    (history: {step, loss}) in the `window` steps up to it; steps with no logged loss are left
+    out. The loss beside the metric curve: does the metric follow the loss?"""
+    out = []
+    for step in steps:
+        logged = [h["loss"] for h in history if step - window < h["step"] <= step]
+        if logged:
+            out.append({"step": step, "loss": statistics.fmean(logged)})
+    return out
+
+
 def converged_row(record: dict) -> dict | None:
     """The row of a run whose latest checkpoint ends its schedule, else None."""
     info, train = run_info(record), record.get("train") or {}
@@ -121,9 +134,14 @@ def converged_row(record: dict) -> dict | None:
         return None
     row = {**info, "steps": record["step"], "epochs": epochs_at(record["step"], train),
            "train_s": record.get("train_seconds"), "metrics": percent(metrics)}
+    losses = loss_at([p["step"] for p in record.get("curve", [])], record.get("history") or [])
+    if losses:
+        row["loss"] = losses
     z = record.get("metrics_z") or {}
     if z.get("mean") is not None and z.get("run", {}).get("step") == record["step"]:
         row["metrics_z"] = percent(z["mean"])  # `evaluate --readout z` at the same checkpoint
+        row["z_readout"] = {**z.get("readout", {}), "map_range": z.get("map_range"),
+                            "image_thresholds": z.get("image_thresholds")}
     return row
 
 
