@@ -13,8 +13,9 @@ minutes, `small` trains on a CPU in tens of minutes, `paper` is the paper's sett
     matrix_max_tokens  above this sequence length the matrix path runs in windows of that length
     scan_plan        progressive scanning plan (preset name or ScanPlan dict), `curve` /
                      `num_directions` override every stage when set
-    matrix_impl, stack_scans, checkpoint_matrix, checkpoint_block, checkpoint_stages, backend
-                     how it is computed (same function)
+    matrix_impl, stack_scans, checkpoint_matrix, checkpoint_block, checkpoint_stages, backend,
+    compile_mixer, compile_memory_budget, chunk_size, scan_float32
+                     how it is computed (same function; COMPUTE_SETTINGS)
     dwconv, bc_norm, use_fft, local_kernels   the remaining switches
 
 Decoder stages follow MambaAD (book appendix A.1.1): `modules_per_stage` splits a depth into
@@ -23,6 +24,7 @@ modules, stage s works on a grid of (H / 32) 2^s x (W / 32) 2^s (`stage_sizes`).
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -41,7 +43,8 @@ PRECISIONS = ("auto", "bf16", "tf32", "fp32")
 # settings that change how the model is computed, not what it computes: a checkpoint written with
 # other values (or before a setting existed) loads and resumes under the current ones
 COMPUTE_SETTINGS = ("backend", "checkpoint_matrix", "checkpoint_block", "checkpoint_stages",
-                    "matrix_impl", "stack_scans", "compile_mixer", "chunk_size", "scan_float32")
+                    "matrix_impl", "stack_scans", "compile_mixer", "compile_memory_budget",
+                    "chunk_size", "scan_float32")
 PROFILE_ENV = "MAMBAADV2_PROFILE"
 
 
@@ -149,6 +152,15 @@ class ModelConfig:
             small elementwise kernels of the launch-bound GPU step, "reduce-overhead" also
             replays them as CUDA graphs. The same function (tested forward and backward); the
             first step compiles (minutes at the paper profile, cached on disk).
+        compile_memory_budget: None (torch's own choice) or a number in [0, 1]: the activation
+            memory budget of the compiled mixers (`torch._functorch.config.
+            activation_memory_budget`, `blocks.compiled.memory_budget`). Below 1 the compiled
+            forward keeps about that fraction of the activations it would keep by default and
+            the compiled backward recomputes the rest (0: keep as little as it can): less memory,
+            more backward work, the same function (tested forward and backward). It acts inside
+            the compiled graphs, so unlike `checkpoint_block` it combines with
+            "reduce-overhead". Needs compile_mixer != "off" (nothing compiled: it would do
+            nothing) and torch >= 2.4; one budget per process (`blocks.compiled`).
         checkpoint_matrix: recompute the matrix path in the backward pass (memory).
         checkpoint_block: recompute every HSS block in the backward pass (least memory, slower).
         checkpoint_stages: recompute the HSS blocks of these decoder stages only (0 = the
@@ -156,7 +168,8 @@ class ModelConfig:
             activations (stages 1-2 about 60 % at the paper profile), so a subset buys most of
             `checkpoint_block`'s memory for part of its extra forward. With `checkpoint_block`
             (every stage) it is redundant and refused; both are refused with
-            compile_mixer "reduce-overhead" (the recomputation overwrites CUDA-graph outputs).
+            compile_mixer "reduce-overhead" (the recomputation overwrites CUDA-graph outputs;
+            `compile_memory_budget` recomputes inside the compiled graphs instead).
         scan_float32: under bf16 autocast, run the HSS scans with autocast off (float32 inputs
             and matrix products, `blocks.hss.scans_in_float32`); without autocast it changes
             nothing (tested equal), under it the scans come closer to the float32 function
@@ -192,6 +205,7 @@ class ModelConfig:
     matrix_impl: str = "scan"
     stack_scans: bool = False
     compile_mixer: str = "off"
+    compile_memory_budget: float | None = None
     checkpoint_matrix: bool = True
     checkpoint_block: bool = False
     checkpoint_stages: tuple[int, ...] = ()
@@ -209,6 +223,9 @@ class ModelConfig:
         self.dims, self.depths = tuple(self.dims), tuple(self.depths)
         self.local_kernels = tuple(self.local_kernels)
         self.checkpoint_stages = tuple(self.checkpoint_stages)
+        budget = self.compile_memory_budget
+        if isinstance(budget, numbers.Real) and not isinstance(budget, bool):
+            self.compile_memory_budget = float(budget)  # 1 from JSON or --set is 1.0
         self.validate()
 
     def validate(self) -> None:
@@ -221,6 +238,7 @@ class ModelConfig:
         if self.model == "mambaad" and self.compile_mixer != "off":
             raise ValueError(f"compile_mixer={self.compile_mixer!r} compiles MambaADv2's HSS "
                              "mixers; MambaAD (v1) has none: leave it 'off'")
+        self._validate_memory_budget()
         if self.model == "mambaad" and (self.checkpoint_block or self.checkpoint_stages):
             raise ValueError("checkpoint_block / checkpoint_stages recompute MambaADv2's HSS "
                              "blocks; MambaAD (v1) has none: leave them off")
@@ -264,11 +282,33 @@ class ModelConfig:
                 "recomputation in the backward pass replays the mixers' CUDA graphs and "
                 "overwrites the outputs the forward kept (measured on an H200, 2026-12-04: "
                 "RuntimeError 'accessing tensor output of CUDAGraphs that has been overwritten'); "
-                "use compile_mixer='default' to recompute, or no block checkpointing")
+                "use compile_mixer='default' to recompute, or no block checkpointing (or "
+                "compile_memory_budget, which recomputes inside the compiled graphs)")
         if self.checkpoint_block and stages:
             raise ValueError(f"checkpoint_stages={stages!r} with checkpoint_block=True: the "
                              "block setting already recomputes every stage; set one of them")
         self.plan()  # raises ValueError naming a bad curve or direction count
+
+    def _validate_memory_budget(self) -> None:
+        """compile_memory_budget: None, or a real number (not a bool) in [0, 1], for compiled
+        mixers of MambaADv2 only."""
+        budget = self.compile_memory_budget
+        if budget is None:
+            return
+        if (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
+                or not 0.0 <= budget <= 1.0):
+            raise ValueError(f"compile_memory_budget must be None or a number in [0, 1] (the "
+                             f"fraction of the default activations that the compiled mixers "
+                             f"keep), got {budget!r}")
+        if self.model == "mambaad":
+            raise ValueError(f"compile_memory_budget={budget!r} sets the memory budget of "
+                             "MambaADv2's compiled HSS mixers; MambaAD (v1) has none: leave it "
+                             "None")
+        if self.compile_mixer == "off":
+            raise ValueError(f"compile_memory_budget={budget!r} with compile_mixer='off': the "
+                             "budget acts when torch.compile partitions the mixers' graphs and "
+                             "nothing is compiled; set compile_mixer (e.g. 'default' or "
+                             "'reduce-overhead') or leave the budget None")
 
     def stage_config(self, stage: int) -> ModelConfig:
         """The config that the blocks of decoder stage `stage` are built with: the same, with

@@ -14,8 +14,14 @@ import torch.nn.functional as F
 from conftest import skip_unless_kernel
 
 from mambaadv2_ref import scans
+from mambaadv2_ref.blocks import compiled
 from mambaadv2_ref.blocks.common import DirectionScanner, PatchExpand, drop_path_rates
-from mambaadv2_ref.blocks.compiled import INDUCTOR_OPTIONS, compile_mixer, compile_options
+from mambaadv2_ref.blocks.compiled import (
+    INDUCTOR_OPTIONS,
+    compile_mixer,
+    compile_options,
+    reset_compiled_mixers,
+)
 from mambaadv2_ref.blocks.dss import DSSModule
 from mambaadv2_ref.blocks.freq_conv import FrequencyEnhancedConv, fft_filter, sample_filter
 from mambaadv2_ref.blocks.hss import HSS, HSSBlock
@@ -24,6 +30,7 @@ from mambaadv2_ref.blocks.norms import RMSNormGated, rms_norm
 from mambaadv2_ref.blocks.ss2d import SS2D
 from mambaadv2_ref.config import ModelConfig
 from mambaadv2_ref.scanning import StagePlan, build_orders, inverse
+from mambaadv2_ref.timing import saved_for_backward_bytes
 
 PLAN2 = StagePlan("hilbert", 2)
 
@@ -312,6 +319,98 @@ def test_compile_mixer_is_a_named_setting():
         block_config(compile_mixer="fast")
     with pytest.raises(ValueError, match="MambaAD .v1. has none"):
         ModelConfig(model="mambaad", compile_mixer="default")
+
+
+@pytest.fixture
+def fresh_compiles():
+    """Every compiled graph and the process's budget claim dropped before and after the test
+    (`blocks.compiled`: one activation memory budget per process)."""
+    reset_compiled_mixers()
+    yield
+    reset_compiled_mixers()
+
+
+def make_block(seed=5, **kwargs) -> HSSBlock:
+    """An HSS block (16 channels, 2 Hilbert directions) in float64 with the settings of
+    `make_hss` and the bias-like parameters moved off their init; the same weights for a seed
+    whatever the compute settings."""
+    seeded(seed)
+    settings = dict(d_state=8, headdim=8, chunk_size=16, backend="torch", **kwargs)
+    block = HSSBlock(16, PLAN2, block_config(**settings)).double()
+    for name, p in block.hss.named_parameters():
+        if name in ("B_bias", "C_bias", "D", "gate"):
+            p.data.normal_()
+    return block
+
+
+def block_saved_output_and_grads(block: HSSBlock) -> tuple[int, list[torch.Tensor]]:
+    """The bytes that the block's forward keeps for the backward pass (`timing.
+    saved_for_backward_bytes`) on the fixed (2, 5, 6, 16) input of `block_output_and_grads`,
+    and that forward's output, input gradient and parameter gradients of sum(y^2)."""
+    u = torch.randn(2, 5, 6, 16, dtype=torch.float64, generator=seeded(6), requires_grad=True)
+    out = []
+    saved = saved_for_backward_bytes(lambda: out.append(block(u)))
+    out[0].square().sum().backward()
+    return saved, [out[0], u.grad, *(p.grad for p in block.parameters() if p.grad is not None)]
+
+
+def test_compiled_hss_under_a_memory_budget_equals_eager_and_keeps_less(fresh_compiles):
+    """compile_memory_budget: the compiled mixer under a low activation memory budget (0.1)
+    gives the eager block's output and gradients (float64, windows of 7 of the 30 tokens) and
+    keeps strictly less for the backward pass than under torch's default (None: budget 1.0),
+    which itself keeps less than eager; the partition is chosen at the mixer's first call, so
+    each budget compiles in a fresh process state (`reset_compiled_mixers`)."""
+    settings = dict(matrix_max_tokens=7, checkpoint_matrix=False)
+    eager_saved, eager = block_saved_output_and_grads(make_block(**settings))
+    saved = {}
+    for budget in (None, 0.1):
+        reset_compiled_mixers()
+        block = make_block(compile_mixer="default", compile_memory_budget=budget, **settings)
+        saved[budget], outputs = block_saved_output_and_grads(block)
+        assert len(outputs) == len(eager)
+        for a, b in zip(outputs, eager, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert saved[0.1] < saved[None] < eager_saved, (saved, eager_saved)
+
+
+def test_one_memory_budget_holds_per_process(fresh_compiles, monkeypatch):
+    """Dynamo shares one compiled graph among the mixers of every model, so the first budget
+    claimed (at a build or a call, None counting as torch's 1.0) holds until
+    `reset_compiled_mixers`: building under another raises; after the reset a block built
+    before it under the old budget refuses to run; torch without the setting is an error."""
+    old = make_block(compile_mixer="default", compile_memory_budget=0.5)
+    make_block(compile_mixer="reduce-overhead", compile_memory_budget=0.5)  # the same budget
+    assert compiled.claimed_budget() == 0.5
+    with pytest.raises(RuntimeError, match="one budget holds per process"):
+        make_block(compile_mixer="default")  # None: torch's default 1.0
+    make_block(compile_memory_budget=None)  # eager blocks claim nothing
+    reset_compiled_mixers()
+    assert compiled.claimed_budget() is None
+    make_block(compile_mixer="default", compile_memory_budget=1.0)
+    assert compiled.claimed_budget() == compiled.effective_budget(None) == 1.0
+    u = torch.randn(1, 5, 6, 16, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="compile_memory_budget 0.5 in a process"):
+        old(u)  # checked before the compiled mixer is called: nothing compiles
+    monkeypatch.setattr(torch._functorch, "config", object())
+    with pytest.raises(RuntimeError, match="torch >= 2.4"):
+        compiled.effective_budget(0.5)
+
+
+def test_compile_memory_budget_is_checked():
+    """compile_memory_budget: None or a number in [0, 1] (an int becomes a float), only with
+    compiled mixers of MambaADv2."""
+    assert block_config(compile_mixer="default", compile_memory_budget=0).compile_memory_budget \
+        == 0.0
+    one = block_config(compile_mixer="default", compile_memory_budget=1)
+    assert isinstance(one.compile_memory_budget, float) and one.compile_memory_budget == 1.0
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"compile_memory_budget must be None or a number "
+                                             r"in \[0, 1\]"):
+            block_config(compile_mixer="default", compile_memory_budget=bad)
+    with pytest.raises(ValueError, match="compile_memory_budget=0.5 with compile_mixer='off'"):
+        block_config(compile_memory_budget=0.5)
+    with pytest.raises(ValueError, match="MambaAD .v1. has none"):
+        ModelConfig(model="mambaad", compile_memory_budget=0.5)
 
 
 def test_compile_options_keep_the_mode_and_turn_off_loop_reordering():

@@ -45,6 +45,28 @@ def test_names_and_compute_settings():
         "matrix_impl": "scan", "depths": (1, 1, 1, 1)}
 
 
+def test_compile_memory_budget_is_a_compute_setting_set_from_the_command_line():
+    """`--set compile_memory_budget=0.5` (or 1, none) types as float | None and a checkpoint
+    trained under one budget loads under another (or from before the setting existed)."""
+    from mambaadv2_ref.config_tools import coerce_setting
+    from mambaadv2_ref.model.detectors import model_config_fields
+
+    tp = model_config_fields("mambaadv2")["compile_memory_budget"]
+    for text, value in (("0.5", 0.5), ("1", 1.0), ("none", None), ("None", None)):
+        (parsed,) = parse_sets([f"compile_memory_budget={text}"]).values()
+        assert coerce_setting("compile_memory_budget", parsed, tp) == value
+    for text in ("abc", "True"):
+        (parsed,) = parse_sets([f"compile_memory_budget={text}"]).values()
+        with pytest.raises(ValueError, match=f"--set compile_memory_budget={text}: expected"):
+            coerce_setting("compile_memory_budget", parsed, tp)
+    assert "compile_memory_budget" in config.COMPUTE_SETTINGS
+    stored = config.preset("tiny", compile_mixer="default", compile_memory_budget=0.5).to_dict()
+    assert stored["compile_memory_budget"] == 0.5
+    assert model_config_diff(stored, config.preset("tiny").to_dict()) == []
+    assert model_config_diff({k: v for k, v in stored.items()
+                              if k != "compile_memory_budget"}, stored) == []
+
+
 def test_seed_everything_repeats_and_checks():
     seed_everything(3)
     a = torch.rand(2)

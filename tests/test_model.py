@@ -56,10 +56,26 @@ def tiny_v2():
     (dict(model="mambaad", checkpoint_block=True), "checkpoint_block"),
     (dict(compile_mixer="reduce-overhead", checkpoint_block=True), "reduce-overhead"),
     (dict(compile_mixer="reduce-overhead", checkpoint_stages=(1, 2)), "reduce-overhead"),
+    (dict(compile_memory_budget=0.5), "compile_memory_budget=0.5 with compile_mixer='off'"),
+    (dict(compile_mixer="default", compile_memory_budget=2.0), "compile_memory_budget must"),
+    (dict(compile_mixer="default", compile_memory_budget=False), "compile_memory_budget must"),
+    (dict(model="mambaad", compile_memory_budget=0.5), "compile_memory_budget=0.5 sets"),
 ])
 def test_bad_config_raises_naming_the_setting(bad, match):
     with pytest.raises(ValueError, match=match):
         preset("tiny", **bad)
+
+
+def test_rebuilt_detector_runs_eagerly_without_a_memory_budget():
+    """A run trained with compiled mixers under a memory budget rebuilds eagerly: compile_mixer
+    "off" and compile_memory_budget None (compute settings: the stored config still matches)."""
+    from mambaadv2_ref.model.detectors import rebuild_detector
+
+    trained = preset("tiny", pretrained=False, compile_mixer="reduce-overhead",
+                     compile_memory_budget=0.5)
+    model = rebuild_detector({"model": "mambaadv2", "model_config": trained.to_dict()},
+                             pretrained=False, source="run")
+    assert model.config.compile_mixer == "off" and model.config.compile_memory_budget is None
 
 
 def test_config_round_trip_and_presets():

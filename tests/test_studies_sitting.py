@@ -143,6 +143,33 @@ def test_speed_rows_are_selected_by_prefixes_in_their_order():
         preset("paper", model=model, backend=backend, **overrides)
     with pytest.raises(ValueError, match="selects no row"):
         select_rows("v3")
+    budget_rows = select_rows("v2 compiled reduce-overhead budget")
+    assert budget_rows == [f"v2 compiled reduce-overhead budget {b} decay_deep torch {p}"
+                           for b, p in (("0.5", "fp32"), ("0.2", "fp32"), ("0.5", "bf16"))]
+    assert [SPEED_ROWS[label][3]["compile_memory_budget"] for label in budget_rows] == [
+        0.5, 0.2, 0.5]
+    assert select_rows("v2 compiled reduce-overhead decay_deep") == [
+        "v2 compiled reduce-overhead decay_deep torch fp32",
+        "v2 compiled reduce-overhead decay_deep torch bf16"]
+
+
+def test_speed_rows_under_other_memory_budgets_reset_the_compiled_graphs(monkeypatch):
+    """One memory budget holds per process (`blocks.compiled`), so before a row whose mixers
+    compile under another budget than the process holds, the earlier rows' graphs are dropped;
+    rows under the same budget, and eager rows, keep them."""
+    from mambaadv2_ref.blocks import compiled
+    from mambaadv2_ref.studies.gpu_sitting import make_room_for_budget
+
+    resets = []
+    monkeypatch.setattr(compiled, "reset_compiled_mixers", lambda: resets.append(1))
+    monkeypatch.setattr(compiled, "_claimed_budget", None)
+    make_room_for_budget({"compile_mixer": "reduce-overhead", "compile_memory_budget": 0.5})
+    monkeypatch.setattr(compiled, "_claimed_budget", 1.0)  # a row under torch's default ran
+    make_room_for_budget({"compile_mixer": "default"})
+    make_room_for_budget({"compile_memory_budget": None})
+    assert resets == []
+    make_room_for_budget({"compile_mixer": "reduce-overhead", "compile_memory_budget": 0.5})
+    assert resets == [1]
 
 
 def test_warm_up_compiles_the_compiling_rows_in_parallel_and_hands_back_cold_times(

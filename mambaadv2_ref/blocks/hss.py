@@ -56,7 +56,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mambaadv2_ref.blocks.common import DirectionScanner, DropPath
-from mambaadv2_ref.blocks.compiled import compile_mixer
+from mambaadv2_ref.blocks.compiled import compile_mixer, memory_budget
 from mambaadv2_ref.blocks.norms import RMSNorm, RMSNormGated
 from mambaadv2_ref.blocks.ss2d import dt_bias_init
 from mambaadv2_ref.config import MATRIX_IMPLS, PATH_MODES
@@ -328,7 +328,9 @@ class HSSBlock(nn.Module):
     """HSS block with its residual: x + DropPath(HSS(LayerNorm(x))) (eq. 8); with
     `cfg.checkpoint_block` the whole block is recomputed in the backward pass (it keeps only
     its input: same values and gradients, one more forward); with `cfg.compile_mixer` the HSS
-    mixer runs compiled (`blocks.compiled`; the residual and DropPath stay eager).
+    mixer runs compiled (`blocks.compiled`; the residual and DropPath stay eager), each call
+    under `cfg.compile_memory_budget` (`compiled.memory_budget`: the partition of its forward
+    and backward is chosen when it compiles, at a call).
 
     Args:
         dim: C.  plan: StagePlan.  cfg: the model config (see HSS).  drop_path: rate.
@@ -339,8 +341,10 @@ class HSSBlock(nn.Module):
         self.checkpointed = cfg.checkpoint_block
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.hss = HSS(dim, plan, cfg)
-        if cfg.compile_mixer != "off":
-            compile_mixer(self.hss, cfg.compile_mixer)
+        self.compiled = cfg.compile_mixer != "off"
+        self.budget = cfg.compile_memory_budget
+        if self.compiled:
+            compile_mixer(self.hss, cfg.compile_mixer, self.budget)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -352,4 +356,7 @@ class HSSBlock(nn.Module):
         # the scan orders of this grid are built (once) here, eagerly: a compiled mixer then
         # reads them from the scanner's cache instead of tracing the curve construction
         self.hss.scanner.orders(x.shape[1], x.shape[2], x.device)
-        return x + self.drop_path(self.hss(self.norm(x)))
+        u = self.norm(x)
+        with memory_budget(self.budget) if self.compiled else nullcontext():
+            y = self.hss(u)
+        return x + self.drop_path(y)

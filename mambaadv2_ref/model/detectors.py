@@ -59,8 +59,8 @@ def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
         pretrained: load the encoder's pretrained weights (False: random, to be overwritten).
         source: the run directory or file the manifest came from (named in errors).
 
-    The rebuilt model runs its HSS mixers eagerly (`compile_mixer="off"`), whatever the run
-    trained with.
+    The rebuilt model runs its HSS mixers eagerly (`compile_mixer="off"`, so no
+    `compile_memory_budget` either), whatever the run trained with.
 
     Raises:
         ValueError: the rebuilt config differs from the stored one (the differences listed).
@@ -78,6 +78,7 @@ def rebuild_detector(meta: dict, pretrained: bool, source) -> torch.nn.Module:
         # a rebuilt detector runs eagerly: compiling its mixers (a compute-only setting, the
         # same function) pays back over many training steps, not in one evaluation
         rest["compile_mixer"] = "off"
+        rest["compile_memory_budget"] = None  # a budget of compiled mixers: none compiled
     model = build_detector(name, profile=fixed.get("profile", "tiny"),
                            encoder=fixed.get("encoder"), pretrained=pretrained, overrides=rest)
     reference = stored if name == "patchcore" else meta["model_config"]
