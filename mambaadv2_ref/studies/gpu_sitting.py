@@ -116,6 +116,10 @@ SPEED_ROWS.update({
         "mambaadv2", "torch", p, {"scan_plan": "decay_deep",  # inside the compiled graphs
                                   "compile_mixer": "reduce-overhead", "compile_memory_budget": b})
        for b, p in ((0.5, "fp32"), (0.2, "fp32"), (0.5, "bf16"))},
+    "v2 compiled reduce-overhead chunk 16 budget 0.5 decay_deep torch fp32": (  # both levers:
+        "mambaadv2", "torch", "fp32", {"scan_plan": "decay_deep",  # chunk 16 alone: 13.3 GiB
+                                       "compile_mixer": "reduce-overhead", "chunk_size": 16,
+                                       "compile_memory_budget": 0.5}),
     "v2 compiled decay_deep mamba_ssm fp32": (
         "mambaadv2", "mamba_ssm", "fp32", {"scan_plan": "decay_deep", "compile_mixer": "default"}),
     "v2 compiled decay_deep mamba_ssm bf16": (
