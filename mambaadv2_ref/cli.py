@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "at the end and on Ctrl-C; snapshot_every=N also keeps the weights "
                         "every N steps in RUN/snapshots/ (evaluate each with --run); "
                         "balance_classes=true gives every batch and every rank's shard each "
-                        "class in proportion to its share")
+                        "class in proportion to its share; statistics_holdout=K withholds K "
+                        "good training images per class from training, for the statistics of "
+                        "evaluate --readout z")
 
     p = sub.add_parser("evaluate", help="per-class metrics of a trained run",
                        description="Evaluate a run on the test split; writes RUN/metrics.json.")
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "standardised by its mean and spread over the class's good training "
                         "images (test-set free), every metric read from it; writes "
                         "metrics_z.json (and maps_z/) beside metrics.json, and each class's "
-                        "statistics to readout_z/ for predict --readout z")
+                        "statistics to readout_z/ for predict --readout z; a run trained with "
+                        "--set statistics_holdout=K takes them from its K held-out images")
 
     p = sub.add_parser("predict", help="anomaly heatmaps and scores for image files",
                        description="Score images with a trained run; writes overlays and "

@@ -12,7 +12,8 @@ exported detector FILE.safetensors: FILE.metrics.json, and FILE.maps/ below; mod
      "undefined": {cls: {metric: reason}} (only classes with an undefined metric),
      "aupro_definition": {"name": "mambaad" | "mvtec", "meaning": ...},
      "readout": {"name": "raw" | "z", "meaning": ...}, with z also what its statistics came
-                 from (split, train_images per class, eps),
+                 from (statistics_from, split, train_images per class, eps; for a run with
+                 `statistics_holdout` also its held-out files),
      "pixel_method": "exact" | "binned",
      "image_thresholds": {cls: F1-optimal image-score threshold on the test set},
      "map_range": {cls: [min, max] of the test maps} (predict's common colour scale),
@@ -23,6 +24,10 @@ the class's good training images, Z(u) = (A(u) - mu(u)) / (sigma(u) + eps) (eq. 
 `model.readout`), the image score being max_u Z(u); it writes metrics_z.json (and maps_z/),
 with a "readout" entry saying what the statistics came from, so the raw metrics.json is never
 overwritten, and each class's statistics to readout_z/<cls>.npz for `predict --readout z`.
+A run trained with `--set statistics_holdout=K` takes them from its K held-out good training
+images per class instead (`data.holdout`: never trained on, so they are read as any new image
+is); metrics_z.json says so ("readout": statistics_from, split "train (held out)", held_out), and
+a held-out file missing on disk is an error naming it, before any work.
 
 A NaN or infinite anomaly map is an error naming its images, never a number. With `save_maps`,
 RUN_DIR/maps/<cls>.npz holds scores (N,), labels (N,), maps (N, H, W), masks (N, H, W) and paths
@@ -46,6 +51,7 @@ from tqdm.auto import tqdm
 
 from mambaadv2_ref.checkpoint import atomic_write, write_json
 from mambaadv2_ref.data import MVTecDataset, check_dataset, embedded_dataset_root
+from mambaadv2_ref.data.holdout import holdout_paths
 from mambaadv2_ref.metrics import (
     AUPRO_DEFINITIONS,
     aggregate,
@@ -56,7 +62,7 @@ from mambaadv2_ref.metrics import (
 )
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.model.export import run_output
-from mambaadv2_ref.model.readout import pixel_statistics, readout_record, z_maps
+from mambaadv2_ref.model.readout import HOLDOUT_SPLIT, pixel_statistics, readout_record, z_maps
 from mambaadv2_ref.runtime import resolve_device
 from mambaadv2_ref.timing import synchronize
 
@@ -167,24 +173,58 @@ READOUTS = {"raw": "A: MambaAD's anomaly map, eqs. (1)-(3)",
 
 def training_statistics(model, dataset, device, batch_size: int, cls: str) -> dict:
     """`model.readout.pixel_statistics` of the maps of `dataset`, one class's good training
-    images (train split): mu, sigma, eps of eq. (Z1)."""
+    images (train split, or the run's held-out ones): mu, sigma, eps of eq. (Z1)."""
     return pixel_statistics(predict_split(model, dataset, device, batch_size,
                                           desc=f"train {cls}")["maps"], cls)
 
 
+def holdout_of(settings: dict) -> dict[str, list[str]] | None:
+    """The good training images a run held out for its z statistics: {class: [paths relative
+    to the dataset root]} (`train.statistics_holdout_files`), or None for a run without a
+    hold-out (`statistics_holdout` 0 or absent: every run before the setting existed).
+
+    Implements: no equation. Raises ValueError when the run says it held images out but does
+    not list them (a damaged manifest): never a silent fallback to the training images.
+    """
+    count = settings.get("statistics_holdout", 0) or 0
+    files = settings.get("statistics_holdout_files")
+    if count == 0 and not files:
+        return None
+    if not files or any(len(v) != count for v in files.values()):
+        raise ValueError(f"the run's settings say statistics_holdout={count} but list the "
+                         f"held-out images as {files!r}: its manifest is damaged")
+    return files
+
+
+def statistics_dataset(root: Path, cls: str, image_size: int,
+                       holdout: dict[str, list[str]] | None = None) -> MVTecDataset:
+    """The images eq. (Z1)'s statistics of `cls` come from: the run's held-out good training
+    images when it held some out (`holdout`, from `holdout_of`), else the class's train split.
+
+    Implements: no equation. Raises ValueError naming every held-out file missing under `root`
+    (`data.holdout.holdout_paths`).
+    """
+    if holdout is None:
+        return MVTecDataset(root, classes=[cls], split="train", image_size=image_size)
+    return MVTecDataset(root, classes=[cls], split="train", image_size=image_size,
+                        only=holdout_paths(holdout, root, cls))
+
+
 def z_readout(model, root: Path, cls: str, image_size: int, device, batch_size: int,
-              res: dict) -> tuple[dict, dict]:
+              res: dict, holdout: dict[str, list[str]] | None = None) -> tuple[dict, dict]:
     """A test split's maps read as Z, eq. (Z1) of `model.readout`.
 
     Args:
         model, device, batch_size: as for `predict_split`.
         root, cls, image_size: the dataset root, the class and the image size S.
         res: `predict_split` of the class's test split (maps A (N, S, S)).
+        holdout: the run's held-out good training images (`holdout_of`); None = none.
     Returns:
         (res with maps Z (N, S, S) float32 and scores max_u Z (N,), the class's
-        `pixel_statistics` of its good training maps (train split only)).
+        `pixel_statistics` of its good training maps: the held-out ones when the run has them,
+        else the train split; never a test image).
     """
-    train = MVTecDataset(root, classes=[cls], split="train", image_size=image_size)
+    train = statistics_dataset(root, cls, image_size, holdout)
     stats = training_statistics(model, train, device, batch_size, cls)
     maps = z_maps(res["maps"], stats, cls).astype(np.float32)
     return {**res, "maps": maps, "scores": maps.reshape(len(maps), -1).max(axis=1)}, stats
@@ -196,26 +236,31 @@ def readout_statistics_path(run_dir, cls: str) -> Path:
     return run_output(run_dir, "readout_z") / f"{cls}.npz"
 
 
-def save_readout_statistics(run_dir, cls: str, stats: dict, step: int) -> None:
+def save_readout_statistics(run_dir, cls: str, stats: dict, step: int,
+                            held_out: bool = False) -> None:
     """Write a class's `pixel_statistics` (mu, sigma (S, S), eps, images) and the checkpoint's
-    step to `readout_statistics_path`, atomically."""
+    step to `readout_statistics_path`, atomically; with `held_out` (statistics of a run's
+    held-out images) also split = HOLDOUT_SPLIT (a file without it: the train split)."""
     path = readout_statistics_path(run_dir, cls)
     path.parent.mkdir(exist_ok=True)
     remove_stale_temps(path.parent)
+    extra = {"split": np.str_(HOLDOUT_SPLIT)} if held_out else {}
     save_npz_atomic(path, mu=stats["mu"], sigma=stats["sigma"], eps=np.float64(stats["eps"]),
-                    images=np.int64(stats["images"]), step=np.int64(step))
+                    images=np.int64(stats["images"]), step=np.int64(step), **extra)
 
 
 def load_readout_statistics(run_dir, cls: str, step: int | None) -> dict:
     """The statistics `save_readout_statistics` wrote for `cls`, as `pixel_statistics` returns
-    them. Raises ValueError naming the file when absent or saved at another training step."""
+    them, plus step and split ("train", or HOLDOUT_SPLIT for a run's held-out images).
+    Raises ValueError naming the file when absent or saved at another training step."""
     path = readout_statistics_path(run_dir, cls)
     if not path.is_file():
         raise ValueError(f"{path}: no z statistics for class {cls!r}; run `evaluate --run "
                          f"{run_dir} --readout z` first")
     with np.load(path) as f:
         stats = {"mu": f["mu"], "sigma": f["sigma"], "eps": float(f["eps"]),
-                 "images": int(f["images"]), "step": int(f["step"])}
+                 "images": int(f["images"]), "step": int(f["step"]),
+                 "split": str(f["split"]) if "split" in f.files else "train"}
     if step is not None and stats["step"] != step:
         raise ValueError(f"{path} was computed at training step {stats['step']} but the "
                          f"checkpoint is at step {step}: run `evaluate --readout z` again")
@@ -271,6 +316,10 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
     settings = meta["train"]
     root = evaluation_root(settings, data)
     classes = classes or settings["classes"]
+    holdout = holdout_of(settings) if readout == "z" else None
+    if holdout is not None:  # every held-out file there, before any work
+        for cls in classes:
+            holdout_paths(holdout, root, cls)
     check_dataset(root, classes, splits=("test",) if readout == "raw" else ("test", "train"))
     maps_dir = run_output(run_dir, f"maps{suffix}")
     if save_maps:
@@ -284,8 +333,9 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         res = predict_split(model, dataset, device, batch_size, desc=f"eval {cls}")
         if readout == "z":
             res, statistics[cls] = z_readout(model, root, cls, settings["image_size"], device,
-                                             batch_size, res)
-            save_readout_statistics(run_dir, cls, statistics[cls], meta["step"])
+                                             batch_size, res, holdout)
+            save_readout_statistics(run_dir, cls, statistics[cls], meta["step"],
+                                    held_out=holdout is not None)
         m = compute_metrics(res["scores"], res["labels"], res["maps"], res["masks"], cls=cls,
                             undefined="mark", method=pixel_method,
                             aupro_definition=aupro_definition)
@@ -308,7 +358,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
               "aupro_definition": {"name": aupro_definition,
                                    "meaning": AUPRO_DEFINITIONS[aupro_definition]},
               "readout": {"name": readout, "meaning": READOUTS[readout],
-                          **(readout_record(statistics) if statistics else {})},
+                          **(readout_record(statistics, holdout) if statistics else {})},
               "pixel_method": pixel_method, "image_thresholds": thresholds, "map_range": ranges,
               "run": {"images": images, "seconds": seconds, "images_per_s": images / seconds,
                       "device": str(device), "data": str(root.resolve()),

@@ -181,7 +181,9 @@ def predict(run_dir, images, out, cls: str | None = None, device="auto",
             raise ValueError("--readout z reads each map with one class's statistics: pass "
                              f"--class ({note})")
         stats = load_readout_statistics(run_dir, cls, meta.get("step"))
-        note += f"; z readout with the statistics of class {cls!r}"
+        note += f"; z readout with the statistics of class {cls!r}" + (
+            f" (from its {stats['images']} held-out good training images)"
+            if stats["split"] != "train" else "")
     print(f"predict: {note}", flush=True)
     scale = stored_colour_scale(run_dir, cls, readout)
     source = "the evaluated test maps" if scale else "this call's maps"

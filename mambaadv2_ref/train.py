@@ -24,6 +24,11 @@ Safety of a run (`run_safety`; each case is an error before any work, or a kept 
   `TrainingDiverged`; the last checkpoint written before it is kept untouched.
 - the run records the dataset's absolute path and `data.dataset_fingerprint` (file names and
   sizes); resuming on a changed dataset is an error naming what differs.
+- with `statistics_holdout` = K > 0, K good training images per class (`data.holdout`, eq. H1)
+  are excluded from the training dataset (`MVTecDataset(..., exclude=...)`) and listed in the
+  run's JSON (`train.statistics_holdout_files`) for `evaluate --readout z`; the fingerprint
+  still covers them, `num_train_images` counts only the trained images, and a resume cannot
+  change K.
 
 Distributed: launched by torchrun (WORLD_SIZE > 1) it wraps the model in DDP, shards every epoch
 with `DistributedSampler` (or class-balanced: setting `balance_classes`), and logs and checkpoints
@@ -63,6 +68,7 @@ from mambaadv2_ref.data import (
     dataset_fingerprint,
     embedded_dataset_root,
 )
+from mambaadv2_ref.data.holdout import HOLDOUT_RULE, choose_holdout, holdout_record
 from mambaadv2_ref.model.detectors import build_detector
 from mambaadv2_ref.model.loss import reconstruction_loss
 from mambaadv2_ref.recipe import lr_plan, make_optimizer, step_lr
@@ -153,6 +159,11 @@ def train(cfg: TrainConfig) -> dict:
     root = (Path(cfg.data) if cfg.data else embedded_dataset_root()).resolve()
     dataset = MVTecDataset(root, classes=cfg.classes, split="train", image_size=image_size)
     classes = list(dataset.classes)
+    fingerprint = dataset_fingerprint(dataset.samples, root)  # of every train file, held out too
+    held = choose_holdout(dataset.samples, cfg.statistics_holdout)  # {} without a hold-out
+    if held:  # the held-out images never reach the training loader (nor PatchCore's bank)
+        dataset = MVTecDataset(root, classes=classes, split="train", image_size=image_size,
+                               exclude=[s.path for items in held.values() for s in items])
     has_test = all((root / c / "test").is_dir() for c in classes)
     check_dataset(root, classes, splits=("train", "test") if has_test else ("train",),
                   progress=rank == 0)
@@ -160,12 +171,16 @@ def train(cfg: TrainConfig) -> dict:
                            pretrained=cfg.pretrained,
                            overrides={**cfg.model_overrides, "image_size": image_size}).to(device)
     settings = {"data": str(root), "embedded": cfg.data is None, "classes": classes,
-                "data_fingerprint": dataset_fingerprint(dataset.samples, root),
+                "data_fingerprint": fingerprint,
                 "image_size": image_size, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
                 "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad,
                 "lr_decay_at": cfg.lr_decay_at, "lr_decay": cfg.lr_decay,
                 "world_size": world_size, "num_train_images": len(dataset),
-                "balance_classes": cfg.balance_classes}
+                "balance_classes": cfg.balance_classes,
+                "statistics_holdout": cfg.statistics_holdout}
+    if held:
+        settings.update(statistics_holdout_rule=HOLDOUT_RULE,
+                        statistics_holdout_files=holdout_record(held, root))
     meta = {"model": cfg.model, "model_config": model.config.to_dict(),
             "profile": profile.to_dict(), "train": settings, "history": [],
             "train_seconds": 0.0, "device": str(device)}
@@ -273,7 +288,7 @@ def _resume(cfg: TrainConfig, model, optimizer, meta: dict) -> tuple[int, dict]:
             and not (cfg.extend and k == "num_steps")]
     # (older runs have no fingerprint, and no key added since: RESUME_DEFAULTS)
     stored = {k: ckpt.meta["train"].get(k, RESUME_DEFAULTS.get(k)) for k in keys}
-    wanted = {k: meta["train"].get(k) for k in keys}
+    wanted = {k: meta["train"].get(k, RESUME_DEFAULTS.get(k)) for k in keys}
     diff = config_diff(stored, wanted)
     if diff:
         changed = (" (data_fingerprint: the dataset's file names or sizes changed)"

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from mambaadv2_ref.config import PRECISIONS
 from mambaadv2_ref.config_tools import coerce_setting, field_types
+from mambaadv2_ref.data.holdout import MIN_HOLDOUT
 
 
 @dataclass
@@ -58,6 +59,18 @@ class TrainConfig:
             the default, keeps the shuffled order earlier runs used, so their results stay the
             same and their checkpoints resume (a checkpoint without the key is a False run); a
             resume cannot change it, since it changes which images every step sees.
+        statistics_holdout: good training images per class withheld from training (0, the
+            default, withholds none: earlier runs' behaviour, and a checkpoint without the key
+            is a 0 run), so that `evaluate --readout z` takes its per-pixel statistics from
+            images the model never trained on (a model reconstructs its own training images
+            better than any new one, so their statistics understate a new image's map and
+            spread). A count per class, not a fraction: exact, and the same for every class of
+            a multi-class run. Which ones is fixed, independent of the seed: evenly spaced in
+            each class's sorted file order (`data.holdout`, eq. H1); the run's JSON lists them
+            (`train.statistics_holdout_files`) and `num_train_images` counts only the trained
+            ones. 1 is refused (sigma needs 2 images), as is a value that leaves a class fewer
+            than 8 training images (`data.holdout.MIN_TRAIN_IMAGES`); PatchCore accepts it
+            (the held-out images stay out of its memory bank). A resume cannot change it.
     """
 
     out: str
@@ -90,6 +103,7 @@ class TrainConfig:
     stop_at: int | None = None
     precision: str = "auto"
     balance_classes: bool = False
+    statistics_holdout: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -104,7 +118,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive int (>= 1), got {value}")
-        for key in ("seed", "num_workers", "checkpoint_every", "snapshot_every"):
+        for key in ("seed", "num_workers", "checkpoint_every", "snapshot_every",
+                    "statistics_holdout"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
@@ -124,11 +139,15 @@ class TrainConfig:
             raise ValueError(f"resume must be True, False or 'auto', got {self.resume!r}")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give either steps or epochs, not both")
+        if self.statistics_holdout == 1:
+            raise ValueError(f"statistics_holdout must be 0 or >= {MIN_HOLDOUT} (the per-pixel "
+                             f"sigma of the z readout needs {MIN_HOLDOUT} images), got 1")
 
 
 SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",
             "snapshot_every", "checkpoint_minutes", "log_every", "num_workers", "weight_decay",
-            "clip_grad", "lr_decay_at", "lr_decay", "stop_at", "precision", "balance_classes")
+            "clip_grad", "lr_decay_at", "lr_decay", "stop_at", "precision", "balance_classes",
+            "statistics_holdout")
 # keys with a flag of their own: `--set` refuses them and names the flag
 FLAGS = {"model": "--model", "profile": "--profile", "encoder": "--encoder", "out": "--out",
          "data": "--data", "steps": "--steps", "epochs": "--epochs", "classes": "--classes",
@@ -136,9 +155,11 @@ FLAGS = {"model": "--model", "profile": "--profile", "encoder": "--encoder", "ou
 # settings that must not change when a run is resumed
 RESUME_KEYS = ("data", "data_fingerprint", "classes", "image_size", "batch_size", "lr", "seed",
                "num_steps", "weight_decay", "clip_grad", "lr_decay_at", "lr_decay", "world_size",
-               "balance_classes")
-# the value a checkpoint written before a resume key existed had for it
-RESUME_DEFAULTS = {"balance_classes": False}
+               "balance_classes", "statistics_holdout", "statistics_holdout_files")
+# the value a checkpoint written before a resume key existed had for it (and, for
+# statistics_holdout_files, a run without a hold-out, which records none)
+RESUME_DEFAULTS = {"balance_classes": False, "statistics_holdout": 0,
+                   "statistics_holdout_files": {}}
 
 
 def _refuse_flag_keys(sets: dict) -> None:

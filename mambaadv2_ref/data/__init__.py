@@ -4,6 +4,8 @@
     mvtec       MVTecDataset, list_classes (MVTec AD, VisA converted, BSData, embedded)
     check       check_dataset: open every image and mask up front, name each bad file;
                 dataset_fingerprint: hash of file names and sizes (resume compares it)
+    holdout     choose_holdout: the good training images a run withholds from training for
+                its z statistics (setting statistics_holdout; eq. H1)
     defects     synthetic defects with exact masks
     embedded    embedded_dataset_root (built once, cached)
     tiny        make_tiny_dataset: procedural textures with exact defects, for fast tests

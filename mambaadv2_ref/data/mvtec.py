@@ -20,7 +20,7 @@ it was built from; nothing is ever written into the data folder (it may be read-
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +167,11 @@ class MVTecDataset(Dataset):
         classes: a class name, a list of names, or None for every class (multi-class setting).
         split: "train" (normal images only) or "test" (good and defect images).
         image_size: S; every image is resized to S x S (see data.transforms for why not cropped).
+        exclude: image files to leave out (e.g. the good training images a run holds out for
+            its z statistics, `data.holdout`); every one must be among the indexed images.
+        only: keep only these image files (e.g. those held-out images); every one must be among
+            the indexed images. Both keep the index's order and raise ValueError naming the
+            files that are not in it (never a silent filter).
 
     Items are dicts: image (3, S, S) float32 ImageNet-normalised, mask (1, S, S) float32 in {0, 1}
     (all zero for good images), label int, cls str, kind str, path str.
@@ -178,6 +183,8 @@ class MVTecDataset(Dataset):
         classes: str | Sequence[str] | None = None,
         split: str = "train",
         image_size: int = 256,
+        exclude: Collection[str | Path] | None = None,
+        only: Collection[str | Path] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -198,6 +205,23 @@ class MVTecDataset(Dataset):
         self.split = split
         self.image_size = image_size
         self.samples = [s for c in self.classes for s in index_samples(root, c, split)]
+        if exclude is not None:
+            drop = self._indexed(exclude, "exclude")
+            self.samples = [s for s in self.samples if s.path.resolve() not in drop]
+        if only is not None:
+            keep = self._indexed(only, "only")
+            self.samples = [s for s in self.samples if s.path.resolve() in keep]
+
+    def _indexed(self, files: Collection[str | Path], name: str) -> set[Path]:
+        """The resolved paths of `files`; raise naming those that are not indexed images of
+        this dataset (its classes and split). Implements: no equation."""
+        wanted = {Path(f).resolve() for f in files}
+        unknown = sorted(str(p) for p in wanted - {s.path.resolve() for s in self.samples})
+        if unknown:
+            raise ValueError(f"{name}: {len(unknown)} file(s) are not {self.split} images of "
+                             f"classes {self.classes} under {str(self.root)!r}: "
+                             f"{', '.join(unknown)}")
+        return wanted
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -2,7 +2,9 @@
 
 `evaluate --readout z` (every metric read from Z) and `studies.image_scores --normalise` (every
 image-score rule) use them; the statistics come from the train split only, so no rule or weight
-is chosen by looking at the test set.
+is chosen by looking at the test set. For a run trained with `--set statistics_holdout=K`,
+`evaluate --readout z` takes them from its K held-out good training images per class
+(`data.holdout`), which the model never trained on.
 
     z readout        Z(u) = (A(u) - mu(u)) / (sigma(u) + eps)                            (Z1)
                      mu(u), sigma(u): per-pixel mean and standard deviation (ddof = 1) of the
@@ -26,6 +28,9 @@ from mambaadv2_ref.model.anomaly_map import cosine_distance_maps
 EPS_FRACTION = 1e-3  # eps of eq. (Z1) as a fraction of the mean per-pixel sigma
 STATISTICS_FROM = ("the class's good training images (train split) only; no test image enters "
                    "a statistic")
+STATISTICS_FROM_HOLDOUT = ("held-out good training images ({n} per class), never trained on "
+                           "(setting statistics_holdout); no test image enters a statistic")
+HOLDOUT_SPLIT = "train (held out)"
 
 
 def pixel_statistics(train_maps: np.ndarray, cls: str) -> dict:
@@ -56,13 +61,32 @@ def pixel_statistics(train_maps: np.ndarray, cls: str) -> dict:
     return {"mu": maps.mean(axis=0), "sigma": sigma, "eps": eps, "images": len(maps)}
 
 
-def readout_record(stats: dict) -> dict:
+def readout_record(stats: dict, holdout: dict | None = None) -> dict:
     """What a z readout was computed from, for a results file: {statistics_from, split,
     train_images: {class: N}, eps_fraction, eps: {class: eps}}; `stats`: {class:
-    `pixel_statistics`}."""
-    return {"statistics_from": STATISTICS_FROM, "split": "train",
+    `pixel_statistics`}. With `holdout` ({class: [held-out files]}, a run trained with
+    `statistics_holdout`), statistics_from and split say the images were held out of training
+    and "held_out" lists them; without, the record is the one earlier versions wrote.
+
+    Implements: no equation.
+    """
+    return {**statistics_source(list(stats), holdout),
             "train_images": {c: st["images"] for c, st in stats.items()},
             "eps_fraction": EPS_FRACTION, "eps": {c: st["eps"] for c, st in stats.items()}}
+
+
+def statistics_source(classes: list[str], holdout: dict | None = None) -> dict:
+    """Which images a readout's statistics of `classes` came from: {statistics_from, split}
+    (the train split), or with `holdout` ({class: [held-out files]}) the held-out images, with
+    "held_out": {class: [files]} for `classes`.
+
+    Implements: no equation.
+    """
+    if not holdout:
+        return {"statistics_from": STATISTICS_FROM, "split": "train"}
+    counts = sorted({len(holdout[c]) for c in classes})
+    return {"statistics_from": STATISTICS_FROM_HOLDOUT.format(n=" or ".join(map(str, counts))),
+            "split": HOLDOUT_SPLIT, "held_out": {c: holdout[c] for c in classes}}
 
 
 def z_maps(maps: np.ndarray, stats: dict, cls: str) -> np.ndarray:

@@ -34,7 +34,9 @@ the training maps, and (for all scales of a reconstruction detector, not PatchCo
 scale-balanced detector A_bal = G_sigma * sum_k Up(a_k) / m_k, m_k the mean of scale k over the
 training pixels, with its own z twin. Each is one more detector (fields "readout": "raw" | "z",
 "scale_weights": "equal" | "1/m_k"), scored by every rule, so `paired` compares a detector's
-raw max with its z max image by image.
+raw max with its z max image by image. For a run trained with `--set statistics_holdout=K`,
+all these statistics come from its K held-out good training images per class (never trained
+on; `evaluate.statistics_dataset`), as for `evaluate --readout z`.
 
 `--from` takes the detectors of earlier outputs of this study (their per-image scores), e.g.
 those `gpu_sitting train` saves for every run that finished, so that runs whose weights are gone
@@ -51,15 +53,21 @@ import torch
 
 from mambaadv2_ref.checkpoint import write_json
 from mambaadv2_ref.data import MVTecDataset, check_dataset
-from mambaadv2_ref.evaluate import evaluation_root, predict_split, training_statistics
+from mambaadv2_ref.evaluate import (
+    evaluation_root,
+    holdout_of,
+    predict_split,
+    statistics_dataset,
+    training_statistics,
+)
 from mambaadv2_ref.metrics.curves import paired_auroc_difference
 from mambaadv2_ref.metrics.summary import image_metrics
 from mambaadv2_ref.model.anomaly_map import anomaly_maps
 from mambaadv2_ref.model.detectors import load_detector
 from mambaadv2_ref.model.readout import (
-    STATISTICS_FROM,
     readout_record,
     scale_means,
+    statistics_source,
     z_maps,
 )
 from mambaadv2_ref.runtime import resolve_device
@@ -234,9 +242,12 @@ def study(run, data=None, device="auto", batch_size: int = 8,
     model, meta = load_detector(run, device=device)
     settings, classes = meta["train"], meta["train"]["classes"]
     root = evaluation_root(settings, data)
+    holdout = holdout_of(settings) if normalise else None  # a run's held-out images, if any
     check_dataset(root, classes, splits=("test", "train") if normalise else ("test",))
 
     def split(cls, name):
+        if name == "train":  # the statistics' images: the held-out ones when the run has them
+            return statistics_dataset(root, cls, settings["image_size"], holdout)
         return MVTecDataset(root, classes=[cls], split=name, image_size=settings["image_size"])
 
     env = environment(device)
@@ -256,9 +267,9 @@ def study(run, data=None, device="auto", batch_size: int = 8,
         every = tuple(range(len(model.encoder.channels)))
         variants.append(({**detector, "scale_weights": "1/m_k",
                           "scale_means": {c: m.tolist() for c, m in means.items()},
-                          "scale_means_from": {"statistics_from": STATISTICS_FROM,
-                                               "split": "train", "train_images":
-                                               {c: len(split(c, "train")) for c in classes}}},
+                          "scale_means_from": {
+                              **statistics_source(classes, holdout),
+                              "train_images": {c: len(split(c, "train")) for c in classes}}},
                          {c: ScaleSubset(model, every, tuple(1 / means[c])) for c in classes}))
     out = []
     for entry, models in variants:
@@ -275,7 +286,7 @@ def study(run, data=None, device="auto", batch_size: int = 8,
                  for c in classes}
             out.append({"environment": env,
                         "detector": {**entry, "readout": "z", "normalisation":
-                                     readout_record(stats)},
+                                     readout_record(stats, holdout)},
                         "rows": score_rules(z),
                         "notes": "Each rule applied to Z(u) = (A(u) - mu(u)) / (sigma(u) + eps),"
                                  " mu, sigma per pixel over the class's good training maps "
