@@ -125,3 +125,9 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
+# a minuscule MambaADv2 (narrow decoder, 2 scan directions) and a 2-step CPU run at 64 px with
+# a random encoder: the settings of the tests that train real runs end to end
+SMALL_MODEL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
+FAST_RUN = {"image_size": 64, "batch_size": 2, "log_every": 1, "checkpoint_minutes": 0.0,
+            "steps": 2, "device": "cpu", "profile": "tiny", "pretrained": False}

@@ -15,6 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_RUN, SMALL_MODEL
 from safetensors.torch import load_file, save_file
 
 import mambaadv2_ref.model.encoder as encoder_module
@@ -36,9 +37,8 @@ from mambaadv2_ref.predict import predict
 from mambaadv2_ref.train import train
 from mambaadv2_ref.train_config import TrainConfig
 
-SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
-FAST = {"image_size": 64, "batch_size": 2, "log_every": 1, "checkpoint_minutes": 0.0,
-        "steps": 2, "device": "cpu", "profile": "tiny", "pretrained": True}
+SMALL = SMALL_MODEL
+FAST = {**FAST_RUN, "pretrained": True}
 
 
 @pytest.fixture(scope="module")

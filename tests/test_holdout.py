@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import FAST_RUN, SMALL_MODEL
 
 from mambaadv2_ref import evaluate as evaluate_module
 from mambaadv2_ref import train as train_module
@@ -38,9 +39,7 @@ from mambaadv2_ref.predict import predict
 from mambaadv2_ref.train import train
 from mambaadv2_ref.train_config import TrainConfig, config_from_sets
 
-SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
-FAST = {"image_size": 64, "batch_size": 2, "log_every": 1, "checkpoint_minutes": 0.0,
-        "steps": 2, "device": "cpu", "profile": "tiny", "pretrained": False}
+SMALL, FAST = SMALL_MODEL, FAST_RUN
 # the keys metrics_z.json's "readout" had before the setting existed (a run without hold-out)
 READOUT_KEYS = {"name", "meaning", "statistics_from", "split", "train_images", "eps_fraction",
                 "eps"}

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import FAST_RUN, SMALL_MODEL
 
 from mambaadv2_ref.data import make_tiny_dataset
 from mambaadv2_ref.model.readout import HOLDOUT_SPLIT, STATISTICS_FROM
 from mambaadv2_ref.studies import holdout_readout
 
-SMALL = {"dims": (16, 8, 8, 8), "headdim": 8, "d_state": 4, "num_directions": 2}
-FAST = {"image_size": 64, "batch_size": 2, "log_every": 1, "checkpoint_minutes": 0.0,
-        "pretrained": False}
+SMALL = SMALL_MODEL
+FAST = {k: v for k, v in FAST_RUN.items() if k not in ("steps", "device", "profile")}
 
 
 def test_the_pair_differs_only_in_the_holdout_and_a_finished_run_is_reused(tmp_path):
