@@ -171,6 +171,15 @@ READOUTS = {"raw": "A: MambaAD's anomaly map, eqs. (1)-(3)",
                  "training maps (model.readout, eq. Z1); image score max_u Z"}
 
 
+def readout_output(name: str, readout: str, ext: str = "") -> str:
+    """The name of an evaluate output for `readout`: NAME + ext for raw (metrics.json, maps/),
+    NAME_READOUT + ext otherwise (metrics_z.json, maps_z/); predict reads the same names.
+
+    Implements: no equation.
+    """
+    return f"{name}{'' if readout == 'raw' else f'_{readout}'}{ext}"
+
+
 def training_statistics(model, dataset, device, batch_size: int, cls: str) -> dict:
     """`model.readout.pixel_statistics` of the maps of `dataset`, one class's good training
     images (train split, or the run's held-out ones): mu, sigma, eps of eq. (Z1)."""
@@ -309,7 +318,6 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {sorted(READOUTS)}, got {readout!r}")
-    suffix = "" if readout == "raw" else f"_{readout}"
     run_dir = Path(run_dir)
     device = resolve_device(device)
     model, meta = load_detector(run_dir, device=device)
@@ -321,7 +329,7 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
         for cls in classes:
             holdout_paths(holdout, root, cls)
     check_dataset(root, classes, splits=("test",) if readout == "raw" else ("test", "train"))
-    maps_dir = run_output(run_dir, f"maps{suffix}")
+    maps_dir = run_output(run_dir, readout_output("maps", readout))
     if save_maps:
         maps_dir.mkdir(exist_ok=True)
         remove_stale_temps(maps_dir)
@@ -371,5 +379,5 @@ def evaluate(run_dir, data=None, classes: list[str] | None = None, device="auto"
     print(f"AUPRO: {aupro_definition} definition ({AUPRO_DEFINITIONS[aupro_definition]})")
     print(f"readout: {readout} ({READOUTS[readout]})")
     print(f"{images} test images, {images / seconds:.1f} images/s on {device}")
-    write_json(run_output(run_dir, f"metrics{suffix}.json"), result)
+    write_json(run_output(run_dir, readout_output("metrics", readout, ".json")), result)
     return result

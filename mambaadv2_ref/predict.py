@@ -41,6 +41,7 @@ from mambaadv2_ref.evaluate import (
     READOUTS,
     check_finite_maps,
     load_readout_statistics,
+    readout_output,
     remove_stale_temps,
 )
 from mambaadv2_ref.model.detectors import load_detector
@@ -67,15 +68,10 @@ def list_images(images) -> list[Path]:
     return files
 
 
-def _metrics_name(readout: str) -> str:
-    """The evaluation file of a readout: metrics.json (raw) or metrics_z.json (z)."""
-    return "metrics.json" if readout == "raw" else f"metrics_{readout}.json"
-
-
 def _evaluation(run_dir: Path, step: int | None, readout: str = "raw") -> dict:
     """RUN_DIR/metrics.json or FILE.metrics.json (metrics_z.json for readout z; {} when
     absent); an evaluation of another step is an error."""
-    path = run_output(run_dir, _metrics_name(readout))
+    path = run_output(run_dir, readout_output("metrics", readout, ".json"))
     if not path.exists():
         return {}
     metrics = json.loads(path.read_text())
@@ -104,11 +100,12 @@ def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None,
         ValueError: `cls` given but the evaluation has no threshold for it, or stale metrics.
     """
     thresholds = _evaluation(run_dir, step, readout).get("image_thresholds", {})
+    metrics_path = run_output(run_dir, readout_output("metrics", readout, ".json"))
     evaluate_first = "run evaluate" + ("" if readout == "raw" else f" --readout {readout}")
     if cls is not None:
         if cls not in thresholds:
             raise ValueError(f"--class {cls!r}: no stored threshold in "
-                             f"{run_output(run_dir, _metrics_name(readout))} (evaluated "
+                             f"{metrics_path} (evaluated "
                              f"classes: {sorted(thresholds) or f'none, {evaluate_first} first'})")
         return cls, float(thresholds[cls]), f"threshold of class {cls!r}: {thresholds[cls]:.4g}"
     if len(thresholds) == 1:
@@ -117,8 +114,7 @@ def stored_threshold(run_dir: Path, cls: str | None, step: int | None = None,
     if thresholds:
         why = f"the run was evaluated on several classes {sorted(thresholds)}: pass --class"
     else:
-        why = (f"{run_output(run_dir, _metrics_name(readout))} has no threshold: "
-               f"{evaluate_first} first")
+        why = f"{metrics_path} has no threshold: {evaluate_first} first"
     return None, None, f"NO THRESHOLD ({why}); scores only, no normal/anomalous decision"
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from mambaadv2_ref.config import PRECISIONS
 from mambaadv2_ref.config_tools import coerce_setting, field_types
-from mambaadv2_ref.data.holdout import MIN_HOLDOUT
+from mambaadv2_ref.data.holdout import check_holdout_count
 
 
 @dataclass
@@ -118,8 +118,7 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive int (>= 1), got {value}")
-        for key in ("seed", "num_workers", "checkpoint_every", "snapshot_every",
-                    "statistics_holdout"):
+        for key in ("seed", "num_workers", "checkpoint_every", "snapshot_every"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
@@ -139,9 +138,7 @@ class TrainConfig:
             raise ValueError(f"resume must be True, False or 'auto', got {self.resume!r}")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give either steps or epochs, not both")
-        if self.statistics_holdout == 1:
-            raise ValueError(f"statistics_holdout must be 0 or >= {MIN_HOLDOUT} (the per-pixel "
-                             f"sigma of the z readout needs {MIN_HOLDOUT} images), got 1")
+        check_holdout_count(self.statistics_holdout)
 
 
 SETTABLE = ("image_size", "batch_size", "lr", "seed", "pretrained", "checkpoint_every",

@@ -45,6 +45,18 @@ def holdout_indices(n: int, k: int) -> list[int]:
     return [(2 * j + 1) * n // (2 * k) for j in range(k)]
 
 
+def check_holdout_count(k: int) -> None:
+    """Refuse a `statistics_holdout` that no class could use: k < 0, or 0 < k < MIN_HOLDOUT.
+
+    Implements: no equation. Raises ValueError naming `statistics_holdout`.
+    """
+    if k < 0:
+        raise ValueError(f"statistics_holdout must be >= 0, got {k}")
+    if 0 < k < MIN_HOLDOUT:
+        raise ValueError(f"statistics_holdout must be 0 or >= {MIN_HOLDOUT} (the per-pixel sigma "
+                         f"of the z readout needs {MIN_HOLDOUT} images), got {k}")
+
+
 def choose_holdout(samples: Sequence[Sample], k: int,
                    min_train: int = MIN_TRAIN_IMAGES) -> dict[str, list[Sample]]:
     """The K good training images per class that a run withholds from training.
@@ -62,11 +74,7 @@ def choose_holdout(samples: Sequence[Sample], k: int,
         ValueError naming `statistics_holdout`: k < 0, 0 < k < MIN_HOLDOUT, or a class left with
         fewer than `min_train` training images (naming the class and its count).
     """
-    if k < 0:
-        raise ValueError(f"statistics_holdout must be >= 0, got {k}")
-    if 0 < k < MIN_HOLDOUT:
-        raise ValueError(f"statistics_holdout must be 0 or >= {MIN_HOLDOUT} (the per-pixel sigma "
-                         f"of the z readout needs {MIN_HOLDOUT} images), got {k}")
+    check_holdout_count(k)
     if k == 0:
         return {}
     by_class: dict[str, list[Sample]] = {}

@@ -245,10 +245,11 @@ def study(run, data=None, device="auto", batch_size: int = 8,
     holdout = holdout_of(settings) if normalise else None  # a run's held-out images, if any
     check_dataset(root, classes, splits=("test", "train") if normalise else ("test",))
 
-    def split(cls, name):
-        if name == "train":  # the statistics' images: the held-out ones when the run has them
-            return statistics_dataset(root, cls, settings["image_size"], holdout)
-        return MVTecDataset(root, classes=[cls], split=name, image_size=settings["image_size"])
+    tests = {c: MVTecDataset(root, classes=[c], split="test", image_size=settings["image_size"])
+             for c in classes}
+    # the statistics' images (the run's held-out ones when it has them), indexed once per class
+    trains = ({c: statistics_dataset(root, c, settings["image_size"], holdout) for c in classes}
+              if normalise else {})
 
     env = environment(device)
     detector = {"run": str(run), "model": meta["model"], "step": meta["step"],
@@ -263,25 +264,25 @@ def study(run, data=None, device="auto", batch_size: int = 8,
     one = model if scales is None else ScaleSubset(model, scales)
     variants = [(detector, dict.fromkeys(classes, one))]
     if normalise and scales is None and meta["model"] != "patchcore":
-        means = {c: scale_means(model, split(c, "train"), device, batch_size, c) for c in classes}
+        means = {c: scale_means(model, trains[c], device, batch_size, c) for c in classes}
         every = tuple(range(len(model.encoder.channels)))
         variants.append(({**detector, "scale_weights": "1/m_k",
                           "scale_means": {c: m.tolist() for c, m in means.items()},
                           "scale_means_from": {
                               **statistics_source(classes, holdout),
-                              "train_images": {c: len(split(c, "train")) for c in classes}}},
+                              "train_images": {c: len(trains[c]) for c in classes}}},
                          {c: ScaleSubset(model, every, tuple(1 / means[c])) for c in classes}))
     out = []
     for entry, models in variants:
-        test = {c: predict_split(models[c], split(c, "test"), device, batch_size,
+        test = {c: predict_split(models[c], tests[c], device, batch_size,
                                  desc=f"maps {c}") for c in classes}
         out.append({"environment": env, "detector": entry, "rows": score_rules(test),
                     "notes": "Image metrics in percent, mean over classes, of the same maps "
                              "scored by each rule; 'max' is MambaAD's eq. (3) and the "
                              "package's score."})
         if normalise:
-            stats = {c: training_statistics(models[c], split(c, "train"), device, batch_size,
-                                            c) for c in classes}
+            stats = {c: training_statistics(models[c], trains[c], device, batch_size, c)
+                     for c in classes}
             z = {c: {"maps": z_maps(test[c]["maps"], stats[c], c), "labels": test[c]["labels"]}
                  for c in classes}
             out.append({"environment": env,
