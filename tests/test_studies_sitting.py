@@ -232,3 +232,33 @@ def test_training_processes_share_the_usable_cpus_unless_told():
         "PATH": "/bin", "OMP_NUM_THREADS": str(max(1, cpus // 2))}
     assert run_environment(10 * cpus, {})["OMP_NUM_THREADS"] == "1"
     assert run_environment(3, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
+
+
+def test_a_time_boxed_speed_row_is_written_as_skipped(tmp_path, monkeypatch):
+    """A row the deadline leaves out is in speed_TAG.json as skipped (with its model and its
+    warm-up's cold compile seconds), never silently missing; the collector keeps each file's
+    environment beside the rows that name it."""
+    from mambaadv2_ref.studies import gpu_sitting
+
+    first, second = "v2 scans decay_deep torch fp32", "v2 compiled decay_deep torch fp32"
+    clock = iter([0.0, 0.0, 1000.0, 1000.0, 1000.0])  # the deadline passes after row one
+    monkeypatch.setattr(gpu_sitting.time, "monotonic", lambda: next(clock, 1000.0))
+    monkeypatch.setattr(gpu_sitting, "environment", lambda device=None: {"gpu": "G"})
+    monkeypatch.setattr(gpu_sitting, "bench_row", lambda label, iters: {
+        "label": label, "device_name": "G", "profile": "paper", "batch_size": 16,
+        "train_images_per_s": 2.0, "infer_images_per_s": 3.0,
+        "train_peak_memory_bytes": 2**30, "first_step_s": 1.0})
+    monkeypatch.setattr(gpu_sitting, "warm_rows", lambda out, labels, k, deadline: {
+        second: {"first_step_s": 200.0, "first_infer_s": 30.0, "parallel": 2}})
+    gpu_sitting.speed(tmp_path, 100.0, 1, f"{first},{second}", "t", warm=2, profile=False)
+    rows = json.loads((tmp_path / "speed_t.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == [first, second]
+    assert rows[1]["skipped"] == "time box" and rows[1]["model"] == "mambaadv2"
+    assert rows[1]["cold_first_step_s"] == 200.0
+    results = tmp_path / "results"
+    results.mkdir()
+    collect_sitting.collect_speed(tmp_path, results, "s", "notes")
+    stored = json.loads((results / "s.json").read_text())
+    assert stored["environments"] == {"speed_t.json": {"gpu": "G"}}
+    assert {r["speed_file"] for r in stored["rows"]} == {"speed_t.json"}
+    assert [r.get("note") for r in speed.load_table(results / "s.json")] == [None, "time box"]

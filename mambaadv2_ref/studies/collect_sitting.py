@@ -59,17 +59,22 @@ def collect_speed(folder: Path, results: Path, name: str = "speed_paper_gpu",
                   notes: str = FIRST_SITTING_NOTES) -> None:
     """NAME.json/png (the speed rows, each command's folder file speed_TAG.json),
     scaling_paper_gpu.json/png and the profiler tables. Warm-up files (speed_warmN.json) are
-    left out: their cold compile seconds are already in the timed rows."""
+    left out: their cold compile seconds are already in the timed rows. Each row names its
+    file (`speed_file`); `environments` holds each file's environment (the processes of one
+    command can differ: a CUDA extension built between them), `environment` the first's."""
     files = sorted(f for f in folder.glob("speed_*.json")
                    if not f.stem.startswith(f"speed_{WARM_TAG}"))
-    environment = json.loads(files[0].read_text())["environment"] if files else {}
-    rows = [row for f in files for row in json.loads(f.read_text())["rows"]]
+    environments = {f.name: json.loads(f.read_text())["environment"] for f in files}
+    environment = environments[files[0].name] if files else {}
+    rows = [dict(row, speed_file=f.name) for f in files
+            for row in json.loads(f.read_text())["rows"]]
     labels = {r["label"] for r in rows}
     for log in sorted(folder.glob("speed_*.log")):
         rows += [r for r in printed_rows(log, environment) if r["label"] not in labels]
     order = list(SPEED_ROWS)
     rows.sort(key=lambda r: order.index(r["label"]))
-    write_json(results / f"{name}.json", {"environment": environment, "rows": rows,
+    write_json(results / f"{name}.json", {"environment": environment,
+                                          "environments": environments, "rows": rows,
                                           "notes": notes})
     plot_speed([r for r in rows if "train_images_per_s" in r], results / f"{name}.png")
     if (folder / "scaling.json").exists():

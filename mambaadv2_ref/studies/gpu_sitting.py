@@ -280,12 +280,20 @@ def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str, warm: in
     labels = [prefix] if exact else select_rows(prefix)
     cold = warm_rows(out, compiling_rows(labels), warm, deadline) if warm > 0 else {}
     for label in labels:
-        if time.monotonic() > deadline - 30:
-            result["rows"].append({"label": label, "skipped": "time box"})
-            continue
-        t0 = time.monotonic()
-        row = bench_row(label, iters)
-        row["wall_s"] = time.monotonic() - t0
+        if time.monotonic() > deadline - 30:  # recorded as skipped, never silently dropped
+            model, backend, precision, overrides = SPEED_ROWS[label]
+            row = {"label": label, "model": model, "backend": backend,
+                   "precision": precision, "overrides": overrides, "skipped": "time box"}
+            print(f"{label}: skipped (time box)", flush=True)
+        else:
+            t0 = time.monotonic()
+            row = bench_row(label, iters)
+            row["wall_s"] = time.monotonic() - t0
+            print(f"{label}: " + (row.get("error") or
+                  f"train {row['train_images_per_s']:.1f} img/s, infer "
+                  f"{row['infer_images_per_s']:.1f} img/s, peak "
+                  f"{row['train_peak_memory_bytes'] / 2**30:.1f} GiB, first step "
+                  f"{row['first_step_s']:.1f} s"), flush=True)
         if label in cold:
             row.update({"cold_first_step_s": cold[label].get("first_step_s"),
                         "cold_first_infer_s": cold[label].get("first_infer_s"),
@@ -293,10 +301,6 @@ def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str, warm: in
                         "cold_error": cold[label].get("error")})
         result["rows"].append(row)
         write_json(out / f"speed_{tag}.json", result)
-        print(f"{label}: " + (row.get("error") or
-              f"train {row['train_images_per_s']:.1f} img/s, infer {row['infer_images_per_s']:.1f}"
-              f" img/s, peak {row['train_peak_memory_bytes'] / 2**30:.1f} GiB, first step "
-              f"{row['first_step_s']:.1f} s"), flush=True)
     for label in PROFILED if profile else ():
         if label in labels and time.monotonic() < deadline - 40:
             try:
