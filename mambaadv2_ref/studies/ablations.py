@@ -7,6 +7,17 @@ reads a committed table back.
 
     python -m mambaadv2_ref.studies.ablations --out runs/ablations --profile small --steps 300 \
         --data PATH/TO/bsdata --only v2,recurrence_only,matrix_only
+
+On a GPU machine lent in 10-minute commands the same ablations run as `gpu_sitting train` runs
+(all at once, resumable across commands): `--gpu-runs RUNS.json` writes that list (one run
+`ablation_NAME` each, the overrides as `train --set`), and `--collect DIR [DIR ...]` turns the
+commands' train_ablation_NAME.json records into the same table (finished runs only; the others
+are listed in `not_finished`):
+
+    python -m mambaadv2_ref.studies.ablations --gpu-runs runs.json --profile paper --steps 1000 \
+        --data .gpu_carry/data/bsdata --only v2,recurrence_only --set precision=fp32 \
+        --v2-set compile_mixer=reduce-overhead --v1-set backend=mamba_ssm
+    python -m mambaadv2_ref.studies.ablations --collect OUT1 OUT2 --out book/results/NAME.json
 """
 
 from __future__ import annotations
@@ -77,6 +88,83 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
             **{k: metrics["mean"][k] for k in METRIC_KEYS}}
 
 
+GPU_RUN_PREFIX = "ablation_"  # gpu_sitting run names: ablation_NAME
+
+
+def setting_text(key: str, value) -> str:
+    """`key=value` as `train --set` reads it back (`parse_sets`: a Python literal, else text)."""
+    return f"{key}={value}" if isinstance(value, str) else f"{key}={value!r}"
+
+
+def gpu_runs(names: list[str], data: str | None, profile: str, steps: int,
+             sets: list[str] = (), v2_sets: list[str] = (), v1_sets: list[str] = ()) -> list[dict]:
+    """The `gpu_sitting train --runs` list of the ablations `names`: {name: ablation_NAME, args:
+    the `train` arguments}, each ablation's model overrides as `--set`, then `sets` (every run),
+    then `v2_sets` or `v1_sets` by the ablation's model (compute settings such as compile_mixer
+    exist for one model only)."""
+    unknown = sorted(set(names) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}; choose from {sorted(ABLATIONS)}")
+    runs = []
+    for name in names:
+        model, overrides, _ = ABLATIONS[name]
+        pairs = [setting_text(k, v) for k, v in overrides.items()]
+        pairs += [*sets, *(v2_sets if model == "mambaadv2" else v1_sets)]
+        runs.append({"name": GPU_RUN_PREFIX + name, "args": [
+            *(["--data", data] if data else []), "--model", model, "--profile", profile,
+            "--steps", str(steps), *[a for pair in pairs for a in ("--set", pair)]]})
+    return runs
+
+
+def rows_from_records(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """Ablation rows (as `run_ablation` returns them) from `gpu_sitting train` records
+    (train_ablation_NAME.json) of runs that finished their schedule and were evaluated at its
+    last step; returns (rows, names of the runs that did not)."""
+    rows, unfinished = [], []
+    for record in records:
+        name = record["name"].removeprefix(GPU_RUN_PREFIX)
+        metrics, train_info = record.get("metrics") or {}, record.get("train") or {}
+        if (name not in ABLATIONS or record.get("step") != train_info.get("num_steps")
+                or (metrics.get("run") or {}).get("step") != record.get("step")):
+            unfinished.append(name)
+            continue
+        model, overrides, what = ABLATIONS[name]
+        history = record["history"]
+        rows.append({"ablation": name, "model": model, "overrides": overrides, "what": what,
+                     "steps": train_info["num_steps"], "train_seconds": record["train_seconds"],
+                     "train_images_per_s": steady_images_per_s(history),
+                     "infer_images_per_s": metrics["run"]["images_per_s"],
+                     "final_loss": history[-1]["loss"],
+                     **{k: metrics["mean"][k] for k in METRIC_KEYS},
+                     "measured": (record.get("environment") or {}).get("date"),
+                     "device_name": (record.get("environment") or {}).get("gpu"),
+                     "command_args": record.get("args")})
+    return rows, unfinished
+
+
+def collect_records(folders: list[Path], out: Path) -> dict:
+    """OUT (.json, and .md beside it): the ablation table of the train_ablation_*.json records
+    in `folders` (commands in order: a run met again keeps its latest record)."""
+    latest = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob(f"train_{GPU_RUN_PREFIX}*.json")):
+            record = json.loads(path.read_text())
+            latest[record["name"]] = record
+    if not latest:
+        raise ValueError(f"no train_{GPU_RUN_PREFIX}*.json in {[str(f) for f in folders]}")
+    rows, unfinished = rows_from_records(list(latest.values()))
+    first = next(iter(latest.values()))
+    train_info = first.get("train") or {}
+    result = {"environment": first.get("environment"),
+              "profile": (first.get("model_config") or {}).get("profile"),
+              "steps": train_info.get("num_steps"), "data": train_info.get("data") or "embedded",
+              "rows": rows, "not_finished": sorted(unfinished)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    out.with_suffix(".md").write_text(markdown(rows))
+    return result
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
     """Ablation rows as table rows: the metrics in percent, then training time and speed."""
     return [{"ablation": r["ablation"], **{k: 100 * r[k] for k in METRIC_KEYS},
@@ -99,19 +187,46 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder for the runs and the table")
+    parser.add_argument("--out", help="folder for the runs and the table (with --collect: "
+                                       "the table's .json file)")
     parser.add_argument("--data", default=None, help="MVTec-layout root (default: embedded)")
     parser.add_argument("--profile", default="tiny")
-    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--steps", type=int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", default=None, help="comma-separated ablation names")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig field for every run, e.g. batch_size=16")
+    parser.add_argument("--gpu-runs", type=Path, default=None, metavar="RUNS.json",
+                        help="write the gpu_sitting train --runs list instead of training")
+    parser.add_argument("--v2-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--gpu-runs: a --set for the mambaadv2 runs only")
+    parser.add_argument("--v1-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--gpu-runs: a --set for the mambaad run only")
+    parser.add_argument("--collect", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="gpu_sitting train output folders to turn into the table --out")
     args = parser.parse_args(argv)
+    if args.collect:
+        if not args.out or not args.out.endswith(".json"):
+            parser.error("--collect needs --out FILE.json (the table to write)")
+        try:
+            result = collect_records(args.collect, Path(args.out))
+        except ValueError as err:
+            parser.error(str(err))
+        print(markdown(result["rows"]) + f"not finished: {result['not_finished']}")
+        return 0
+    if args.steps is None or args.steps < 1:
+        parser.error(f"--steps must be a positive number of steps, got {args.steps}")
     names = args.only.split(",") if args.only else list(ABLATIONS)
     unknown = sorted(set(names) - set(ABLATIONS))
     if unknown:
         parser.error(f"unknown ablations {unknown}; choose from {sorted(ABLATIONS)}")
+    if args.gpu_runs:
+        write_json(args.gpu_runs, gpu_runs(names, args.data, args.profile, args.steps,
+                                           args.sets, args.v2_set, args.v1_set))
+        print(f"{len(names)} runs -> {args.gpu_runs}")
+        return 0
+    if not args.out:
+        parser.error("--out is required to train the ablations")
     out = Path(args.out)
     table_path = out / "ablations.json"
     result = json.loads(table_path.read_text()) if table_path.exists() else {"rows": []}
