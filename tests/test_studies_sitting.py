@@ -103,7 +103,7 @@ def test_score_normalise_is_passed_to_the_image_scores_of_finished_runs(tmp_path
     for flag, expected in (([], False), (["--score-normalise"], True)):
         gpu_sitting.main(["train", "--out", str(tmp_path / "o"), "--seconds", "1", "--runs",
                           str(runs), "--score-scales", "2", *flag])
-        assert calls.pop()[-2:] == (("2",), expected)
+        assert calls.pop()[-3:] == (("2",), expected, False)  # snapshots not deferred
     with pytest.raises(SystemExit):
         gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
                           "--score-normalise"])
@@ -262,3 +262,61 @@ def test_a_time_boxed_speed_row_is_written_as_skipped(tmp_path, monkeypatch):
     assert stored["environments"] == {"speed_t.json": {"gpu": "G"}}
     assert {r["speed_file"] for r in stored["rows"]} == {"speed_t.json"}
     assert [r.get("note") for r in speed.load_table(results / "s.json")] == [None, "time box"]
+
+
+def test_deferred_snapshots_wait_until_the_runs_stop(tmp_path, monkeypatch):
+    """`train --defer-snapshots`: no snapshot evaluation starts while a run trains (it would
+    share the GPU); without it the evaluator is polled all along."""
+    from mambaadv2_ref.studies import gpu_sitting
+
+    procs = []
+
+    class FakeRun:  # a training process that runs for two polls, then exits
+        pid, returncode = 0, 0
+
+        def __init__(self, cmd, **kwargs):
+            self.polls = 0
+            procs.append(self)
+
+        def poll(self):
+            self.polls += 1
+            return None if self.polls < 3 else 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu_sitting.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(gpu_sitting.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(gpu_sitting, "environment", lambda device=None: {})
+    for defer in (True, False):
+        polled_while_training: list[bool] = []
+        monkeypatch.setattr(gpu_sitting.SnapshotEvaluator, "poll",
+                            lambda self, seen=polled_while_training: seen.append(
+                                any(p.polls < 3 for p in procs)))
+        procs.clear()
+        gpu_sitting.train_runs(tmp_path / "out", 1000.0, [{"name": "r", "args": []}],
+                               defer_snapshots=defer)
+        assert any(polled_while_training) is not defer
+    with pytest.raises(SystemExit):
+        gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
+                          "--defer-snapshots"])
+
+
+def test_warm_only_compiles_and_times_nothing(tmp_path, monkeypatch, capsys):
+    from mambaadv2_ref.studies import gpu_sitting
+
+    label = "v2 compiled decay_deep torch fp32"
+    monkeypatch.setattr(gpu_sitting, "environment", lambda device=None: {"gpu": "G"})
+    monkeypatch.setattr(gpu_sitting, "warm_rows", lambda out, labels, k, deadline: {
+        label: {"first_step_s": 150.0, "parallel": 1}})
+    monkeypatch.setattr(gpu_sitting, "bench_row", lambda *a: pytest.fail("timed a row"))
+    gpu_sitting.speed(tmp_path, 100.0, 1, label, "w", warm=1, exact=True, warm_only=True)
+    result = json.loads((tmp_path / "speed_w.json").read_text())
+    assert result["warm_only"] and result["rows"] == []
+    assert result["cold"][label]["first_step_s"] == 150.0
+    assert f"{label}: compiled in 150 s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # nothing to compile without --warm
+        gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
+                          "--warm-only"])
+    assert "--warm K >= 1" in capsys.readouterr().err

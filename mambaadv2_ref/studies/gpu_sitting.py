@@ -13,13 +13,15 @@ everything lands in OUT/speed_TAG.json, OUT/profile_*.txt and OUT/scaling.json a
 `speed --warm K` first compiles the rows that compile (torch.compile, Triton) K at a time in
 parallel subprocesses, then times every row alone on the warm disk caches (measured on an H200,
 2026-12-02: six compiled rows in 277 s for the whole command, against ~150 s each one by one).
-`train` starts every run of a JSON list at once (one subprocess each, `--resume`, a
-checkpoint every `checkpoint_every` steps), evaluates their snapshots while they train (the
-metric-vs-steps curve), stops them at the deadline with SIGINT and then SIGKILL, and evaluates
-each run's latest checkpoint into RUN/metrics.json and
-OUT/train_RUNNAME.json (step, metrics, history), so that the next command resumes where this
-one stopped; a run that finished its schedule also gets its per-image scores,
-OUT/image_scores_RUNNAME.json (`studies.image_scores`), for paired comparisons later.
+`speed --warm K --warm-only` compiles and stops, for a later command on the same machine to
+time from the caches. `train` starts every run of a JSON list at once (one subprocess each,
+`--resume`, a checkpoint every `checkpoint_every` steps), evaluates their snapshots while they
+train (the metric-vs-steps curve; `--defer-snapshots`: only once the runs have stopped), stops
+them at the deadline with SIGINT and then SIGKILL, and evaluates each run's latest checkpoint
+into RUN/metrics.json and OUT/train_RUNNAME.json (step, metrics, history), so that the next
+command resumes where this one stopped; a run that finished its schedule also gets its
+per-image scores, OUT/image_scores_RUNNAME.json (`studies.image_scores`), for paired
+comparisons later.
 
 Measured (H200, 2026-12-02): runs sharing the GPU add no throughput. Eleven at once (four
 paper-profile MambaADv2, three MambaAD v1, two tiny, two PatchCore fits) trained at 6.6 and 13
@@ -265,20 +267,28 @@ def warm_rows(out: Path, labels: list[str], at_once: int, deadline: float) -> di
 
 
 def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str, warm: int = 0,
-          exact: bool = False, profile: bool = True) -> None:
+          exact: bool = False, profile: bool = True, warm_only: bool = False) -> None:
     """The rows of the speed grid that `prefix` selects (`select_rows`; with `exact`, the one
     row named), the profiles among them, then (tag "v1") the scaling study, until `seconds`
     have passed; OUT/speed_TAG.json. With `warm` > 0 the rows that compile kernels are first
     compiled `warm` at a time in parallel (`warm_rows`); each such row then records the cold
     compile seconds of its warm-up as cold_first_step_s, cold_first_infer_s and
     cold_parallel, and its own first_step_s is the warm-cache figure. `profile=False` skips
-    the profiler tables."""
+    the profiler tables. `warm_only` stops after the warm-up: the rows' graphs are then in the
+    machine's disk caches for a later command to time (OUT/speed_TAG.json holds the cold
+    compile seconds of each row, as `cold` rows)."""
     deadline = time.monotonic() + seconds
     result = {"environment": environment(torch.device("cuda")), "rows": []}
     if exact and prefix not in SPEED_ROWS:
         raise ValueError(f"--prefix {prefix!r} with --exact names no row of SPEED_ROWS")
     labels = [prefix] if exact else select_rows(prefix)
     cold = warm_rows(out, compiling_rows(labels), warm, deadline) if warm > 0 else {}
+    if warm_only:
+        write_json(out / f"speed_{tag}.json", {**result, "warm_only": True, "cold": cold})
+        for label, row in cold.items():
+            print(f"{label}: compiled in {row.get('first_step_s') or float('nan'):.0f} s"
+                  f"{' (' + row['error'] + ')' if row.get('error') else ''}", flush=True)
+        return
     for label in labels:
         if time.monotonic() > deadline - 30:  # recorded as skipped, never silently dropped
             model, backend, precision, overrides = SPEED_ROWS[label]
@@ -457,13 +467,17 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
 
 
 def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1,
-               score_scales: tuple[str, ...] = (), score_normalise: bool = False) -> None:
+               score_scales: tuple[str, ...] = (), score_normalise: bool = False,
+               defer_snapshots: bool = False) -> None:
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
     checkpoint, score the finished ones image by image (all scales, and each subset of
     `score_scales`; with `score_normalise` also image_scores' --normalise readouts and
-    `evaluate --readout z`, recorded as metrics_z). Runs live in runs/sitting/NAME (kept
-    between commands)."""
+    `evaluate --readout z`, recorded as metrics_z). With `defer_snapshots` the snapshots are
+    evaluated only once the runs have stopped (what is left waits for the next command), so
+    that training has the GPU to itself: measured on an H100 (2026-12-07), a v1 run trained at
+    ~90 images/s between evaluations and at 20-25 while one ran beside it. Runs live in
+    runs/sitting/NAME (kept between commands)."""
     deadline = time.monotonic() + seconds
     out.mkdir(parents=True, exist_ok=True)
     root = Path("runs/sitting")
@@ -481,7 +495,8 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
     snapshots = SnapshotEvaluator(root, [run["name"] for run in runs], out, eval_workers)
     while time.monotonic() < deadline - eval_reserve and any(
             p.poll() is None for p, _ in procs.values()):
-        snapshots.poll()
+        if not defer_snapshots:
+            snapshots.poll()
         time.sleep(5)
     snapshots.stop()
     for p, _ in procs.values():
@@ -548,16 +563,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="speed: --prefix is one row's whole label")
     parser.add_argument("--no-profile", action="store_true",
                         help="speed: skip the profiler tables of the PROFILED rows")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="speed: compile the rows (--warm K) and stop, timing nothing: a "
+                             "later command on the same machine times them from the caches")
+    parser.add_argument("--defer-snapshots", action="store_true",
+                        help="train: evaluate the snapshots only after the runs stop, so that "
+                             "no evaluation shares the GPU with training")
     args = parser.parse_args(argv)
     if args.warm < 0:
         parser.error(f"--warm must be >= 0, got {args.warm}")
     if args.score_normalise and args.stage != "train":
         parser.error("--score-normalise scores finished training runs: it needs stage 'train'")
+    if args.warm_only and (args.stage != "speed" or args.warm < 1):
+        parser.error(f"--warm-only compiles the speed rows and times nothing: it needs stage "
+                     f"'speed' and --warm K >= 1, got stage {args.stage!r}, --warm {args.warm}")
+    if args.defer_snapshots and args.stage != "train":
+        parser.error("--defer-snapshots is about training runs: it needs stage 'train'")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "speed":
         speed(out, args.seconds, args.iters, args.prefix, args.tag, args.warm, args.exact,
-              profile=not args.no_profile)
+              profile=not args.no_profile, warm_only=args.warm_only)
     else:
         if not args.runs:
             parser.error("train needs --runs")
@@ -569,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             parser.error(str(err).replace("--scales", "--score-scales"))
         train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()),
-                   args.eval_workers, tuple(args.score_scales), args.score_normalise)
+                   args.eval_workers, tuple(args.score_scales), args.score_normalise,
+                   args.defer_snapshots)
     return 0
 
 
