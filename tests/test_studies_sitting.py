@@ -103,7 +103,7 @@ def test_score_normalise_is_passed_to_the_image_scores_of_finished_runs(tmp_path
     for flag, expected in (([], False), (["--score-normalise"], True)):
         gpu_sitting.main(["train", "--out", str(tmp_path / "o"), "--seconds", "1", "--runs",
                           str(runs), "--score-scales", "2", *flag])
-        assert calls.pop()[-3:] == (("2",), expected, False)  # snapshots not deferred
+        assert calls.pop()[-4:] == (("2",), expected, False, 60.0)  # the defaults
     with pytest.raises(SystemExit):
         gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
                           "--score-normalise"])
@@ -301,6 +301,10 @@ def test_deferred_snapshots_wait_until_the_runs_stop(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
                           "--defer-snapshots"])
+    for stage, reserve in (("train", "-1"), ("train", "600"), ("speed", "10")):
+        with pytest.raises(SystemExit):  # negative, no time left to train, not a train stage
+            gpu_sitting.main([stage, "--out", str(tmp_path / "s"), "--seconds", "600",
+                              "--runs", "r.json", "--eval-reserve", reserve])
 
 
 def test_warm_only_compiles_and_times_nothing(tmp_path, monkeypatch, capsys):
@@ -320,3 +324,15 @@ def test_warm_only_compiles_and_times_nothing(tmp_path, monkeypatch, capsys):
         gpu_sitting.main(["speed", "--out", str(tmp_path / "s"), "--seconds", "1",
                           "--warm-only"])
     assert "--warm K >= 1" in capsys.readouterr().err
+
+
+def test_an_eval_reserve_reaches_the_runs(tmp_path, monkeypatch):
+    from mambaadv2_ref.studies import gpu_sitting
+
+    calls = []
+    monkeypatch.setattr(gpu_sitting, "train_runs", lambda *a: calls.append(a))
+    runs = tmp_path / "runs.json"
+    runs.write_text("[]")
+    gpu_sitting.main(["train", "--out", str(tmp_path / "o"), "--seconds", "600", "--runs",
+                      str(runs), "--defer-snapshots", "--eval-reserve", "150"])
+    assert calls.pop()[-2:] == (True, 150.0)

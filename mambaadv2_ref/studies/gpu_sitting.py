@@ -468,7 +468,7 @@ def score_finished(root: Path, names: list[str], out: Path, deadline: float,
 
 def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 1,
                score_scales: tuple[str, ...] = (), score_normalise: bool = False,
-               defer_snapshots: bool = False) -> None:
+               defer_snapshots: bool = False, eval_reserve: float = 60.0) -> None:
     """Start every run (dict: name, args = `train` CLI arguments), evaluate their snapshots
     while they train (`eval_workers` at a time), stop them at the deadline, evaluate each latest
     checkpoint, score the finished ones image by image (all scales, and each subset of
@@ -476,8 +476,10 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
     `evaluate --readout z`, recorded as metrics_z). With `defer_snapshots` the snapshots are
     evaluated only once the runs have stopped (what is left waits for the next command), so
     that training has the GPU to itself: measured on an H100 (2026-12-07), a v1 run trained at
-    ~90 images/s between evaluations and at 20-25 while one ran beside it. Runs live in
-    runs/sitting/NAME (kept between commands)."""
+    ~90 images/s between evaluations and at 20-25 while one ran beside it. Training stops
+    `eval_reserve` seconds before the deadline, for the evaluations after it (deferred
+    snapshots need more than the default). Runs live in runs/sitting/NAME (kept between
+    commands)."""
     deadline = time.monotonic() + seconds
     out.mkdir(parents=True, exist_ok=True)
     root = Path("runs/sitting")
@@ -491,7 +493,6 @@ def train_runs(out: Path, seconds: float, runs: list[dict], eval_workers: int = 
         procs[run["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True,
                                                env=run_environment(len(runs))), log)
-    eval_reserve = 60  # the evaluations run at once at the end
     snapshots = SnapshotEvaluator(root, [run["name"] for run in runs], out, eval_workers)
     while time.monotonic() < deadline - eval_reserve and any(
             p.poll() is None for p, _ in procs.values()):
@@ -566,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-only", action="store_true",
                         help="speed: compile the rows (--warm K) and stop, timing nothing: a "
                              "later command on the same machine times them from the caches")
+    parser.add_argument("--eval-reserve", type=float, default=None, metavar="SECONDS",
+                        help="train: stop training this long before --seconds end, for the "
+                             "evaluations (default 60; more with --defer-snapshots)")
     parser.add_argument("--defer-snapshots", action="store_true",
                         help="train: evaluate the snapshots only after the runs stop, so that "
                              "no evaluation shares the GPU with training")
@@ -577,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_only and (args.stage != "speed" or args.warm < 1):
         parser.error(f"--warm-only compiles the speed rows and times nothing: it needs stage "
                      f"'speed' and --warm K >= 1, got stage {args.stage!r}, --warm {args.warm}")
+    if args.eval_reserve is not None and (args.stage != "train"
+                                          or not 0 <= args.eval_reserve < args.seconds):
+        parser.error(f"--eval-reserve is the end of a train stage's --seconds kept for the "
+                     f"evaluations: it needs stage 'train' and 0 <= it < --seconds "
+                     f"({args.seconds:g}), got stage {args.stage!r}, {args.eval_reserve:g}")
     if args.defer_snapshots and args.stage != "train":
         parser.error("--defer-snapshots is about training runs: it needs stage 'train'")
     out = Path(args.out)
@@ -596,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err).replace("--scales", "--score-scales"))
         train_runs(out, args.seconds, json.loads(Path(args.runs).read_text()),
                    args.eval_workers, tuple(args.score_scales), args.score_normalise,
-                   args.defer_snapshots)
+                   args.defer_snapshots,
+                   60.0 if args.eval_reserve is None else args.eval_reserve)
     return 0
 
 
