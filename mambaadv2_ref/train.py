@@ -38,7 +38,8 @@ states (the ranks' RNG states are equal anyway: same seed, same draws), and its 
 at the checkpoint's step.
 
 Glossary: `num_steps` total steps; `steps_per_epoch` full batches per epoch and rank; `lr` base
-learning rate; `history` logged (step, loss, lr, images/s) records.
+learning rate; `history` logged (step, loss, lr, images/s, data_wait_s: the mean seconds per
+step the loop waited for its batch, decoding it itself with num_workers=0) records.
 """
 
 from __future__ import annotations
@@ -233,8 +234,10 @@ def train(cfg: TrainConfig) -> dict:
     t_run = t_window = t_saved = time.perf_counter()
     saved, logged = (start if resuming else None), start
     window_steps, window_images, loss_sum = 0, 0, torch.zeros((), device=device)
+    window_data_s, t_asked = 0.0, time.perf_counter()  # host time spent waiting for batches
     with CtrlC() as ctrl_c, tf32_matmuls(cfg.precision):
         for step, batch in zip(range(start, stop), loader, strict=False):
+            window_data_s += time.perf_counter() - t_asked
             for group in optimizer.param_groups:
                 group["lr"] = step_lr(step, num_steps, lr, cfg.lr_decay_at, cfg.lr_decay)
             images = batch["image"].to(device, non_blocking=True)
@@ -253,12 +256,13 @@ def train(cfg: TrainConfig) -> dict:
             if done % cfg.log_every == 0 or done == stop:
                 record = {"step": done, "loss": float(loss_sum) / window_steps,
                           "lr": optimizer.param_groups[0]["lr"],
-                          "images_per_s": window_images / (now - t_window)}
+                          "images_per_s": window_images / (now - t_window),
+                          "data_wait_s": window_data_s / window_steps}
                 meta["history"].append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
                                 img_s=f"{record['images_per_s']:.1f}")
                 loss_sum.zero_()
-                window_steps, window_images, t_window = 0, 0, now
+                window_steps, window_images, window_data_s, t_window = 0, 0, 0.0, now
             if rank == 0 and due:
                 meta["train_seconds"] += time.perf_counter() - t_run
                 save_checkpoint(cfg.out, model, optimizer, step=done, meta=meta)
@@ -266,6 +270,7 @@ def train(cfg: TrainConfig) -> dict:
                     save_snapshot(cfg.out)
                 t_run = t_saved = time.perf_counter()
                 saved = done
+            t_asked = time.perf_counter()  # the next batch is asked for from here
             if ctrl_c.requested:
                 bar.close()
                 raise TrainingInterrupted(

@@ -187,3 +187,28 @@ def test_balance_classes_reaches_the_sampler_and_a_resume_keeps_it(tmp_path, dat
         train(TrainConfig(**{**resume.__dict__, "stop_at": None}))
     last = train(TrainConfig(**{**resume.__dict__, "stop_at": None, "balance_classes": False}))
     assert last["step"] == 3 and seen[-1] is None
+
+
+def test_history_records_the_time_spent_waiting_for_batches(tmp_path, data, monkeypatch):
+    """Every logged window says how long the loop waited for its batches (data_wait_s, seconds
+    per step): a loader that takes at least 0.2 s per batch shows at least that."""
+    import time
+
+    from mambaadv2_ref import train as train_module
+
+    class SlowLoader(train_module.DataLoader):
+        def __iter__(self):
+            """The batches of DataLoader, each 0.2 s late. Implements: no equation."""
+            for batch in super().__iter__():
+                time.sleep(0.2)
+                yield batch
+
+    monkeypatch.setattr(train_module, "DataLoader", SlowLoader)
+    cfg = config_from_sets(TrainConfig(out=str(tmp_path / "r"), data=str(data), steps=2,
+                                       device="cpu", **FAST), SMALL_MODEL, set(SMALL_MODEL))
+    meta = train_module.train(cfg)
+    assert [h["step"] for h in meta["history"]] == [1, 2]
+    assert all(h["data_wait_s"] >= 0.2 for h in meta["history"])
+    seconds_per_step = [cfg.batch_size / h["images_per_s"] for h in meta["history"]]
+    assert all(h["data_wait_s"] <= t for h, t in zip(meta["history"], seconds_per_step,
+                                                     strict=True))  # a part of the step
