@@ -8,19 +8,23 @@ twice, identical but for `statistics_holdout` (0, then K good training images pe
 of training, `data.holdout`), and evaluates each with both readouts:
 
     python -m mambaadv2_ref.studies.holdout_readout --data DATA/bsdata --profile tiny \
-        --steps 500 --holdout 16 --seed 42 --runs runs/holdout \
+        --steps 500 --holdout 16 --seeds 42,0,1 --runs runs/holdout \
         --json book/results/holdout_readout_bsdata_tiny_cpu.json
 
-A finished run in --runs is reused (`train`'s resume "auto"); every evaluation is redone. One
-row per (run, readout): statistics_holdout, the images trained on, the readout and what its
-statistics came from, the range of Z over the test maps, and the seven metrics and mAD in
-percent; with the hardware and the date.
+The pair is trained once per seed. A finished run in --runs is reused (`train`'s resume
+"auto"); every evaluation is redone. One row per (seed, run, readout): statistics_holdout, the
+images trained on, the readout and what its statistics came from, the range of Z over the test
+maps, and the seven metrics and mAD in percent; with the hardware and the date. The summary
+gives, per (holdout, readout), each metric's mean and sample std over the seeds, and per
+holdout the z-minus-raw difference of each metric over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mambaadv2_ref.checkpoint import write_json
@@ -66,27 +70,68 @@ def run_pair_member(data: str, out: Path, holdout: int, profile: str, steps: int
     return rows
 
 
-def study(data: str, runs: Path, holdout: int, profile: str, steps: int, seed: int,
+def mean_std(values: Sequence[float]) -> dict:
+    """{mean, std, n}: the sample standard deviation (n - 1), 0 for a single value."""
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Over the seeds: per (holdout, readout) each metric's `mean_std`, and per holdout the
+    z-minus-raw difference of each metric, seed by seed, as `mean_std` (rows of `study`).
+
+    Implements: no equation.
+    """
+    by = {(r["seed"], r["statistics_holdout"], r["readout"]): r["metrics"] for r in rows}
+    holdouts = sorted({k for _, k, _ in by})
+    seeds = sorted({s for s, _, _ in by})
+    return {
+        "seeds": seeds,
+        "metrics": [{"statistics_holdout": k, "readout": readout,
+                     **{m: mean_std([by[(s, k, readout)][m] for s in seeds])
+                        for m in METRIC_KEYS}}
+                    for k in holdouts for readout in ("raw", "z")],
+        "z_minus_raw": [{"statistics_holdout": k,
+                         **{m: mean_std([by[(s, k, "z")][m] - by[(s, k, "raw")][m]
+                                         for s in seeds]) for m in METRIC_KEYS}}
+                        for k in holdouts]}
+
+
+def study(data: str, runs: Path, holdout: int, profile: str, steps: int, seeds: Sequence[int],
           device: str = "cpu", **overrides) -> dict:
-    """Both runs (statistics_holdout 0 and `holdout`) and their rows; see the module docstring.
-    `overrides`: train_overrides / model_overrides of `run_pair_member`.
+    """Both runs (statistics_holdout 0 and `holdout`) for each seed, their rows and their
+    summary over the seeds (`summarise`); see the module docstring. `overrides`:
+    train_overrides / model_overrides of `run_pair_member`.
 
     Implements: no equation.
     """
     if holdout < 2:
         raise ValueError(f"--holdout must be >= 2 (the run it is compared with holds out 0), "
                          f"got {holdout}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must name at least one seed, each once, got {list(seeds)}")
     name = Path(data).name
-    rows = [row for k in (0, holdout)
-            for row in run_pair_member(data, runs / f"{name}_{profile}_holdout{k}", k, profile,
-                                       steps, seed, device, **overrides)]
-    return {"environment": environment(), "rows": rows,
-            "notes": f"{name}, {profile} profile, MambaADv2, seed {seed}, {steps} steps, trained "
-                     f"twice, identical but for statistics_holdout (0 and {holdout} good training "
+    rows = [row for seed in seeds for k in (0, holdout)
+            for row in run_pair_member(data, runs / f"{name}_{profile}_seed{seed}_holdout{k}",
+                                       k, profile, steps, seed, device, **overrides)]
+    return {"environment": environment(), "rows": rows, "summary": summarise(rows),
+            "notes": f"{name}, {profile} profile, MambaADv2, seeds {list(seeds)}, {steps} "
+                     f"steps; for each seed trained twice, identical but for "
+                     f"statistics_holdout (0 and {holdout} good training "
                      "images per class kept out of training, data.holdout eq. H1); each run "
                      "evaluated with the raw readout and the z readout, whose statistics come "
                      "from the training images (holdout 0) or from the held-out ones. The test "
-                     "split is never used for a statistic."}
+                     "split is never used for a statistic. summary: mean and sample std over "
+                     "the seeds."}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 42,0,1` -> [42, 0, 1]; a clear error for anything else."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds expects comma-separated integers such as 42,0,1, "
+                         f"got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,17 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=16, help="K of the second run")
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds, e.g. 42,0,1")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, required=True, help="results file to write")
     args = parser.parse_args(argv)
-    result = study(args.data, args.runs, args.holdout, args.profile, args.steps, args.seed,
-                   args.device)
+    try:
+        seeds = parse_seeds(args.seeds)
+        result = study(args.data, args.runs, args.holdout, args.profile, args.steps, seeds,
+                       args.device)
+    except ValueError as err:
+        parser.error(str(err))
     write_json(args.json, result)
     for r in result["rows"]:
         low, high = (min(v[0] for v in r["map_range"].values()),
                      max(v[1] for v in r["map_range"].values()))
-        print(f"holdout {r['statistics_holdout']:>3} {r['readout']:>3}: "
+        print(f"seed {r['seed']:>3} holdout {r['statistics_holdout']:>3} {r['readout']:>3}: "
               + " ".join(f"{k} {r['metrics'][k]:.1f}" for k in ("I-AUROC", "P-AP", "AUPRO",
                                                                  "mAD"))
               + f"  map range [{low:.2f}, {high:.2f}]")
