@@ -73,15 +73,22 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
     """
     if name not in ABLATIONS:
         raise ValueError(f"ablation must be one of {sorted(ABLATIONS)}, got {name!r}")
-    model, overrides, what = ABLATIONS[name]
+    model, overrides, _ = ABLATIONS[name]
     cfg = TrainConfig(out=str(out), data=data, model=model, profile=profile, steps=steps,
                       device=device, model_overrides=dict(overrides), resume="auto",
                       **(train_overrides or {}))
     meta = train(cfg)
-    metrics = evaluate(out, device=device)
-    history = meta["history"]
+    return ablation_row(name, meta["train"]["num_steps"], meta["train_seconds"],
+                        meta["history"], evaluate(out, device=device))
+
+
+def ablation_row(name: str, steps: int, train_seconds: float, history: list[dict],
+                 metrics: dict) -> dict:
+    """One row of the ablation table: the ablation, its schedule, training time and speed, the
+    evaluation's speed and mean metrics (`metrics`: a metrics.json)."""
+    model, overrides, what = ABLATIONS[name]
     return {"ablation": name, "model": model, "overrides": overrides, "what": what,
-            "steps": meta["train"]["num_steps"], "train_seconds": meta["train_seconds"],
+            "steps": steps, "train_seconds": train_seconds,
             "train_images_per_s": steady_images_per_s(history),
             "infer_images_per_s": metrics["run"]["images_per_s"],
             "final_loss": history[-1]["loss"],
@@ -128,16 +135,10 @@ def rows_from_records(records: list[dict]) -> tuple[list[dict], list[str]]:
                 or (metrics.get("run") or {}).get("step") != record.get("step")):
             unfinished.append(name)
             continue
-        model, overrides, what = ABLATIONS[name]
-        history = record["history"]
-        rows.append({"ablation": name, "model": model, "overrides": overrides, "what": what,
-                     "steps": train_info["num_steps"], "train_seconds": record["train_seconds"],
-                     "train_images_per_s": steady_images_per_s(history),
-                     "infer_images_per_s": metrics["run"]["images_per_s"],
-                     "final_loss": history[-1]["loss"],
-                     **{k: metrics["mean"][k] for k in METRIC_KEYS},
-                     "measured": (record.get("environment") or {}).get("date"),
-                     "device_name": (record.get("environment") or {}).get("gpu"),
+        environment = record.get("environment") or {}
+        rows.append({**ablation_row(name, train_info["num_steps"], record["train_seconds"],
+                                    record["history"], metrics),
+                     "measured": environment.get("date"), "device_name": environment.get("gpu"),
                      "command_args": record.get("args")})
     return rows, unfinished
 

@@ -64,10 +64,10 @@ def collect_speed(folder: Path, results: Path, name: str = "speed_paper_gpu",
     command can differ: a CUDA extension built between them), `environment` the first's."""
     files = sorted(f for f in folder.glob("speed_*.json")
                    if not f.stem.startswith(f"speed_{WARM_TAG}"))
-    environments = {f.name: json.loads(f.read_text())["environment"] for f in files}
+    docs = {f.name: json.loads(f.read_text()) for f in files}
+    environments = {name: doc["environment"] for name, doc in docs.items()}
     environment = environments[files[0].name] if files else {}
-    rows = [dict(row, speed_file=f.name) for f in files
-            for row in json.loads(f.read_text())["rows"]]
+    rows = [dict(row, speed_file=name) for name, doc in docs.items() for row in doc["rows"]]
     labels = {r["label"] for r in rows}
     for log in sorted(folder.glob("speed_*.log")):
         rows += [r for r in printed_rows(log, environment) if r["label"] not in labels]

@@ -167,13 +167,19 @@ def make_room_for_budget(overrides: dict) -> None:
         reset_compiled_mixers()
 
 
+def row_identity(label: str) -> dict:
+    """What a row of SPEED_ROWS is: label, model, backend, precision, overrides."""
+    model, backend, precision, overrides = SPEED_ROWS[label]
+    return {"label": label, "model": model, "backend": backend, "precision": precision,
+            "overrides": overrides}
+
+
 def bench_row(label: str, iters: int) -> dict:
     """Bench one row of SPEED_ROWS; an error (out of memory, a missing kernel) is recorded."""
     from mambaadv2_ref.studies.speed import bench_model
 
+    row = row_identity(label)
     model, backend, precision, overrides = SPEED_ROWS[label]
-    row = {"label": label, "model": model, "backend": backend, "precision": precision,
-           "overrides": overrides}
     make_room_for_budget(overrides)
     try:
         row.update(bench_model(model, profile="paper", device="cuda", batch_size=16,
@@ -291,9 +297,7 @@ def speed(out: Path, seconds: float, iters: int, prefix: str, tag: str, warm: in
         return
     for label in labels:
         if time.monotonic() > deadline - 30:  # recorded as skipped, never silently dropped
-            model, backend, precision, overrides = SPEED_ROWS[label]
-            row = {"label": label, "model": model, "backend": backend,
-                   "precision": precision, "overrides": overrides, "skipped": "time box"}
+            row = {**row_identity(label), "skipped": "time box"}
             print(f"{label}: skipped (time box)", flush=True)
         else:
             t0 = time.monotonic()
