@@ -83,3 +83,19 @@ def test_collect_and_training_refuse_what_they_cannot_do(tmp_path, capsys):
                            "--only", "v2"]) == 0
     (run,) = json.loads((tmp_path / "r.json").read_text())
     assert run["name"] == "ablation_v2" and "--data" not in run["args"]
+
+
+def test_z_readout_of_a_record_is_kept_and_a_raw_file_is_refused_as_z(tmp_path):
+    rec = record("ablation_v2", 10, 10, 10)
+    rec["metrics_z"] = {"readout": {"name": "z"},
+                        "mean": dict.fromkeys(ablations.METRIC_KEYS, 0.75)}
+    (tmp_path / "train_ablation_v2.json").write_text(json.dumps(rec))
+    out = tmp_path / "abl.json"
+    (row,) = ablations.collect_records([tmp_path], out)["rows"]
+    assert row["metrics_z"]["mAD"] == 0.75 and row["mAD"] == 0.5
+    (table_row,) = ablations.load_table(out)
+    assert table_row["z mAD"] == 75.0 and table_row["mAD"] == 50.0
+    assert "z mAD" in out.with_suffix(".md").read_text()
+    raw = {"readout": {"name": "raw"}, "mean": dict.fromkeys(ablations.METRIC_KEYS, 0.5)}
+    with pytest.raises(ValueError, match="readout 'z', got 'raw'"):
+        ablations.z_means(raw)

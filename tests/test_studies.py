@@ -40,6 +40,15 @@ def test_ablation_table_and_resume(data, tmp_path, monkeypatch):
     mtime = (out / "recurrence_only" / "checkpoint.json").stat().st_mtime
     assert ablations.main(argv) == 0
     assert (out / "recurrence_only" / "checkpoint.json").stat().st_mtime == mtime
+    # --z-readout on the finished table: each row gets the z readout from its run, no training
+    assert ablations.main([*argv, "--z-readout"]) == 0
+    assert (out / "recurrence_only" / "checkpoint.json").stat().st_mtime == mtime
+    table = json.loads((out / "ablations.json").read_text())
+    for row in table["rows"]:
+        assert all(0.0 <= row["metrics_z"][k] <= 1.0 for k in METRIC_KEYS)
+        z_file = json.loads((out / row["ablation"] / "metrics_z.json").read_text())
+        assert row["metrics_z"]["mAD"] == z_file["mean"]["mAD"]
+    assert "z mAD" in (out / "ablations.md").read_text()
 
 
 def test_unknown_ablation_is_named(tmp_path, capsys):

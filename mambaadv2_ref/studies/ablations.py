@@ -8,6 +8,11 @@ reads a committed table back.
     python -m mambaadv2_ref.studies.ablations --out runs/ablations --profile small --steps 300 \
         --data PATH/TO/bsdata --only v2,recurrence_only,matrix_only
 
+`--z-readout` also evaluates every run with the z readout (`evaluate --readout z`: its
+statistics from the good images that `--set statistics_holdout=K` keeps out of training, else
+from the training images) into the row's `metrics_z`; rows already in the table without it get
+it from their run folder, so the flag can be added to a finished table.
+
 On a GPU machine lent in 10-minute commands the same ablations run as `gpu_sitting train` runs
 (all at once, resumable across commands): `--gpu-runs RUNS.json` writes that list (one run
 `ablation_NAME` each, the overrides as `train --set`), and `--collect DIR [DIR ...]` turns the
@@ -61,7 +66,8 @@ ABLATIONS: dict[str, tuple[str, dict, str]] = {
 
 
 def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: int,
-                 device: str = "auto", train_overrides: dict | None = None) -> dict:
+                 device: str = "auto", train_overrides: dict | None = None,
+                 z_readout: bool = False) -> dict:
     """Train and evaluate one ablation; return its row (metrics, seconds, images/s).
 
     Args:
@@ -70,6 +76,7 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
         data: dataset root (None = the embedded dataset).
         profile: run profile.  steps: optimisation steps.  device: "auto", "cpu", "cuda".
         train_overrides: TrainConfig fields (e.g. pretrained, batch_size).
+        z_readout: also evaluate with `readout="z"` (the row's `metrics_z`).
     """
     if name not in ABLATIONS:
         raise ValueError(f"ablation must be one of {sorted(ABLATIONS)}, got {name!r}")
@@ -79,20 +86,34 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
                       **(train_overrides or {}))
     meta = train(cfg)
     return ablation_row(name, meta["train"]["num_steps"], meta["train_seconds"],
-                        meta["history"], evaluate(out, device=device))
+                        meta["history"], evaluate(out, device=device),
+                        evaluate(out, device=device, readout="z") if z_readout else None)
 
 
 def ablation_row(name: str, steps: int, train_seconds: float, history: list[dict],
-                 metrics: dict) -> dict:
+                 metrics: dict, metrics_z: dict | None = None) -> dict:
     """One row of the ablation table: the ablation, its schedule, training time and speed, the
-    evaluation's speed and mean metrics (`metrics`: a metrics.json)."""
+    evaluation's speed and mean metrics (`metrics`: a metrics.json), and with `metrics_z` (a
+    metrics_z.json, `evaluate --readout z`) the mean metrics of the z readout as `metrics_z`."""
     model, overrides, what = ABLATIONS[name]
-    return {"ablation": name, "model": model, "overrides": overrides, "what": what,
-            "steps": steps, "train_seconds": train_seconds,
-            "train_images_per_s": steady_images_per_s(history),
-            "infer_images_per_s": metrics["run"]["images_per_s"],
-            "final_loss": history[-1]["loss"],
-            **{k: metrics["mean"][k] for k in METRIC_KEYS}}
+    row = {"ablation": name, "model": model, "overrides": overrides, "what": what,
+           "steps": steps, "train_seconds": train_seconds,
+           "train_images_per_s": steady_images_per_s(history),
+           "infer_images_per_s": metrics["run"]["images_per_s"],
+           "final_loss": history[-1]["loss"],
+           **{k: metrics["mean"][k] for k in METRIC_KEYS}}
+    if metrics_z is not None:
+        row["metrics_z"] = z_means(metrics_z)
+    return row
+
+
+def z_means(metrics_z: dict) -> dict:
+    """The mean metrics of a z-readout evaluation (fractions), checked to be one: a metrics
+    file of the raw readout here would pass the raw numbers off as the z readout's."""
+    readout = (metrics_z.get("readout") or {}).get("name")
+    if readout != "z":
+        raise ValueError(f"metrics_z must be an evaluation with readout 'z', got {readout!r}")
+    return {k: metrics_z["mean"][k] for k in METRIC_KEYS}
 
 
 GPU_RUN_PREFIX = "ablation_"  # gpu_sitting run names: ablation_NAME
@@ -137,7 +158,7 @@ def rows_from_records(records: list[dict]) -> tuple[list[dict], list[str]]:
             continue
         environment = record.get("environment") or {}
         rows.append({**ablation_row(name, train_info["num_steps"], record["train_seconds"],
-                                    record["history"], metrics),
+                                    record["history"], metrics, record.get("metrics_z")),
                      "measured": environment.get("date"), "device_name": environment.get("gpu"),
                      "command_args": record.get("args")})
     return rows, unfinished
@@ -166,11 +187,17 @@ def collect_records(folders: list[Path], out: Path) -> dict:
     return result
 
 
+Z_COLUMNS = ("I-AUROC", "AUPRO", "mAD")  # the z readout's metrics a table shows
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
-    """Ablation rows as table rows: the metrics in percent, then training time and speed."""
+    """Ablation rows as table rows: the metrics in percent, training time and speed, then (for
+    rows that have `metrics_z`) the z readout's I-AUROC, AUPRO and mAD as `z I-AUROC` etc."""
     return [{"ablation": r["ablation"], **{k: 100 * r[k] for k in METRIC_KEYS},
              "train s": r["train_seconds"], "train img/s": r["train_images_per_s"],
-             "infer img/s": r["infer_images_per_s"]} for r in rows]
+             "infer img/s": r["infer_images_per_s"],
+             **{f"z {k}": 100 * r["metrics_z"][k] for k in Z_COLUMNS if "metrics_z" in r}}
+            for r in rows]
 
 
 def load_table(path) -> list[dict]:
@@ -182,7 +209,7 @@ def markdown(rows: list[dict]) -> str:
     """The ablation table as markdown: metrics in percent (one decimal), then training time and
     speed."""
     formats = {**{k: ".1f" for k in METRIC_KEYS}, "train s": ".0f", "train img/s": ".1f",
-               "infer img/s": ".1f"}
+               "infer img/s": ".1f", **{f"z {k}": ".1f" for k in Z_COLUMNS}}
     return markdown_table(table_rows(rows), formats=formats) + "\n"
 
 
@@ -197,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated ablation names")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig field for every run, e.g. batch_size=16")
+    parser.add_argument("--z-readout", action="store_true",
+                        help="also evaluate every run with the z readout (evaluate --readout z); "
+                             "rows already in the table get it from their run folder")
     parser.add_argument("--gpu-runs", type=Path, default=None, metavar="RUNS.json",
                         help="write the gpu_sitting train --runs list instead of training")
     parser.add_argument("--v2-set", action="append", default=[], metavar="KEY=VALUE",
@@ -231,14 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     table_path = out / "ablations.json"
     result = json.loads(table_path.read_text()) if table_path.exists() else {"rows": []}
-    done = {r["ablation"] for r in result["rows"]}
+    done = {r["ablation"]: r for r in result["rows"]}
     for name in names:
         if name in done:
-            print(f"{name}: already in {table_path}, skipped")
+            row = done[name]
+            if args.z_readout and "metrics_z" not in row:
+                row["metrics_z"] = z_means(evaluate(out / name, device=args.device,
+                                                    readout="z"))
+                print(f"{name}: z readout added from {out / name}: "
+                      f"mAD {100 * row['metrics_z']['mAD']:.1f}")
+                write_json(table_path, result)
+                (out / "ablations.md").write_text(markdown(result["rows"]))
+            else:
+                print(f"{name}: already in {table_path}, skipped")
             continue
         t0 = time.perf_counter()
         row = run_ablation(name, out / name, args.data, args.profile, args.steps, args.device,
-                           parse_sets(args.sets))
+                           parse_sets(args.sets), args.z_readout)
         print(f"{name}: mAD {100 * row['mAD']:.1f} ({time.perf_counter() - t0:.0f} s)")
         result["rows"].append(row)
         result.update(environment=environment(), profile=args.profile, steps=args.steps,
