@@ -226,7 +226,7 @@ def save_snapshot(run_dir) -> Path:
         the snapshot directory.
     """
     run_dir = Path(run_dir)
-    meta = _read_manifest(run_dir)
+    meta = read_manifest(run_dir)
     snap = run_dir / SNAPSHOTS / f"step{int(meta['step']):07d}"
     if (snap / MANIFEST).is_file():
         return snap
@@ -260,7 +260,9 @@ def _save_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) ->
     return path
 
 
-def _read_manifest(run_dir: Path) -> dict:
+def read_manifest(run_dir: Path) -> dict:
+    """The manifest (checkpoint.json) of `run_dir` as a dict, without reading any tensors;
+    a missing or unreadable manifest is an error naming the file."""
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint in {run_dir}: {MANIFEST} is missing "
@@ -288,7 +290,7 @@ def load_checkpoint(run_dir, *, model_name: str | None = None,
         a `Checkpoint`. Raises FileNotFoundError / ValueError with the reason otherwise.
     """
     run_dir = Path(run_dir)
-    meta = _read_manifest(run_dir)
+    meta = read_manifest(run_dir)
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{run_dir / MANIFEST}: format {meta.get('format')!r} is not "
                          f"{FORMAT_VERSION}")

@@ -40,11 +40,18 @@ def test_ablation_table_and_resume(data, tmp_path, monkeypatch):
     mtime = (out / "recurrence_only" / "checkpoint.json").stat().st_mtime
     assert ablations.main(argv) == 0
     assert (out / "recurrence_only" / "checkpoint.json").stat().st_mtime == mtime
-    # --z-readout on the finished table: each row gets the z readout from its run, no training
+    assert [(r["seed"], r["statistics_holdout"]) for r in table["rows"]] == [(42, 0), (42, 0)]
+    # a table of an earlier version (no run settings, no z readout) is completed from the run
+    # folders by --z-readout, without training
+    for row in table["rows"]:
+        for key in ablations.RUN_SETTINGS:
+            del row[key]
+    (out / "ablations.json").write_text(json.dumps(table))
     assert ablations.main([*argv, "--z-readout"]) == 0
     assert (out / "recurrence_only" / "checkpoint.json").stat().st_mtime == mtime
     table = json.loads((out / "ablations.json").read_text())
     for row in table["rows"]:
+        assert row["seed"] == 42 and row["num_train_images"] == 8  # 2 classes x 4
         assert all(0.0 <= row["metrics_z"][k] <= 1.0 for k in METRIC_KEYS)
         z_file = json.loads((out / row["ablation"] / "metrics_z.json").read_text())
         assert row["metrics_z"]["mAD"] == z_file["mean"]["mAD"]

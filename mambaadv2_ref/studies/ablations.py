@@ -32,7 +32,7 @@ import json
 import time
 from pathlib import Path
 
-from mambaadv2_ref.checkpoint import write_json
+from mambaadv2_ref.checkpoint import read_manifest, write_json
 from mambaadv2_ref.config_tools import parse_sets
 from mambaadv2_ref.evaluate import METRIC_KEYS, evaluate
 from mambaadv2_ref.studies.results import environment, read_json
@@ -87,16 +87,23 @@ def run_ablation(name: str, out: Path, data: str | None, profile: str, steps: in
     meta = train(cfg)
     return ablation_row(name, meta["train"]["num_steps"], meta["train_seconds"],
                         meta["history"], evaluate(out, device=device),
-                        evaluate(out, device=device, readout="z") if z_readout else None)
+                        evaluate(out, device=device, readout="z") if z_readout else None,
+                        meta["train"])
+
+
+RUN_SETTINGS = ("seed", "statistics_holdout", "num_train_images")  # a row's training settings
 
 
 def ablation_row(name: str, steps: int, train_seconds: float, history: list[dict],
-                 metrics: dict, metrics_z: dict | None = None) -> dict:
+                 metrics: dict, metrics_z: dict | None = None,
+                 train_settings: dict | None = None) -> dict:
     """One row of the ablation table: the ablation, its schedule, training time and speed, the
     evaluation's speed and mean metrics (`metrics`: a metrics.json), and with `metrics_z` (a
-    metrics_z.json, `evaluate --readout z`) the mean metrics of the z readout as `metrics_z`."""
+    metrics_z.json, `evaluate --readout z`) the mean metrics of the z readout as `metrics_z`;
+    `train_settings` (a run's meta["train"]) gives the row its RUN_SETTINGS."""
     model, overrides, what = ABLATIONS[name]
     row = {"ablation": name, "model": model, "overrides": overrides, "what": what,
+           **{k: (train_settings or {}).get(k) for k in RUN_SETTINGS},
            "steps": steps, "train_seconds": train_seconds,
            "train_images_per_s": steady_images_per_s(history),
            "infer_images_per_s": metrics["run"]["images_per_s"],
@@ -105,6 +112,21 @@ def ablation_row(name: str, steps: int, train_seconds: float, history: list[dict
     if metrics_z is not None:
         row["metrics_z"] = z_means(metrics_z)
     return row
+
+
+def complete_row(row: dict, run_dir: Path, z_readout: bool, device: str = "auto") -> bool:
+    """Fill what a row written by an earlier version of this study lacks, from its run folder:
+    the RUN_SETTINGS (from its checkpoint) and, with `z_readout`, `metrics_z` (evaluated now).
+    The row's metrics and timings stay as measured. Returns whether anything was added."""
+    added = False
+    if any(k not in row for k in RUN_SETTINGS):
+        settings = read_manifest(run_dir)["train"]
+        row.update({k: settings.get(k) for k in RUN_SETTINGS})
+        added = True
+    if z_readout and "metrics_z" not in row:
+        row["metrics_z"] = z_means(evaluate(run_dir, device=device, readout="z"))
+        added = True
+    return added
 
 
 def z_means(metrics_z: dict) -> dict:
@@ -158,7 +180,8 @@ def rows_from_records(records: list[dict]) -> tuple[list[dict], list[str]]:
             continue
         environment = record.get("environment") or {}
         rows.append({**ablation_row(name, train_info["num_steps"], record["train_seconds"],
-                                    record["history"], metrics, record.get("metrics_z")),
+                                    record["history"], metrics, record.get("metrics_z"),
+                                    train_info),
                      "measured": environment.get("date"), "device_name": environment.get("gpu"),
                      "command_args": record.get("args")})
     return rows, unfinished
@@ -264,12 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     done = {r["ablation"]: r for r in result["rows"]}
     for name in names:
         if name in done:
-            row = done[name]
-            if args.z_readout and "metrics_z" not in row:
-                row["metrics_z"] = z_means(evaluate(out / name, device=args.device,
-                                                    readout="z"))
-                print(f"{name}: z readout added from {out / name}: "
-                      f"mAD {100 * row['metrics_z']['mAD']:.1f}")
+            if complete_row(done[name], out / name, args.z_readout, args.device):
+                print(f"{name}: completed from {out / name}")
                 write_json(table_path, result)
                 (out / "ablations.md").write_text(markdown(result["rows"]))
             else:
