@@ -99,3 +99,23 @@ def test_z_readout_of_a_record_is_kept_and_a_raw_file_is_refused_as_z(tmp_path):
     raw = {"readout": {"name": "raw"}, "mean": dict.fromkeys(ablations.METRIC_KEYS, 0.5)}
     with pytest.raises(ValueError, match="readout 'z', got 'raw'"):
         ablations.z_means(raw)
+
+
+def test_seed_spread_screen_averages_seeds_and_flags_what_leaves_the_band():
+    def row(name, seed, mad, z_mad=None):
+        r = {"ablation": name, "seed": seed, "mAD": mad}
+        if z_mad is not None:
+            r["metrics_z"] = {"mAD": z_mad}
+        return r
+    rows = [row("v2", 42, 0.60, 0.66), row("no_fft", 42, 0.61, 0.60),
+            row("no_fft", 0, 0.63, 0.62), row("plan_uniform", 42, 0.602)]
+    spread = {"raw": {"mean": 60.0, "std": 0.5, "n": 3}, "z": {"mean": 66.0, "std": 1.0, "n": 3}}
+    v2, no_fft, uniform = ablations.against_seed_spread(rows, spread)
+    assert v2["raw d"] == pytest.approx(0.0) and v2["raw beyond"] is False
+    assert no_fft["seeds"] == [42, 0] and no_fft["raw mAD"] == pytest.approx(62.0)
+    assert no_fft["raw beyond"] is True  # +2.0 > 2 x 0.5
+    assert no_fft["z d"] == pytest.approx(-5.0) and no_fft["z beyond"] is True
+    assert uniform["raw beyond"] is False and uniform["z mAD"] is None
+    assert uniform["z beyond"] is None  # no z readout for that run: no verdict
+    with pytest.raises(ValueError, match="raw readout"):
+        ablations.against_seed_spread(rows, {"z": spread["z"]})

@@ -213,6 +213,44 @@ def collect_records(folders: list[Path], out: Path) -> dict:
 Z_COLUMNS = ("I-AUROC", "AUPRO", "mAD")  # the z readout's metrics a table shows
 
 
+def against_seed_spread(rows: list[dict], spread: dict, metric: str = "mAD",
+                        k: float = 2.0) -> list[dict]:
+    """Screen each ablation against the seed-to-seed noise of the reference configuration (v2).
+
+    Implements: d = mean_seeds(m_ablation) - mean_seeds(m_v2), flagged when |d| > k s_v2, with
+    s_v2 the sample standard deviation of v2's metric over its seeds (the noise of one run).
+    A screen for which ablations deserve more seeds, not a significance test.
+
+    Args:
+        rows: ablation rows (metrics as fractions); several rows of one ablation are its seeds;
+            a row's `metrics_z` gives the z readout.
+        spread: {readout: {"mean", "std", "n"}} of v2's `metric` in percent over its seeds, for
+            "raw" and optionally "z" (e.g. holdout_readout's summary).
+        metric: the metric compared.  k: the band's half-width in seed standard deviations.
+    Returns:
+        one dict per ablation (first-seen order): ablation, seeds, and for each readout of
+        `spread`: "{readout} {metric}" (mean over its seeds, percent), "{readout} d" and
+        "{readout} beyond" (|d| > k s_v2; None where no row of the ablation has that readout).
+    """
+    if "raw" not in spread:
+        raise ValueError(f"spread needs the raw readout's mean and std, got {sorted(spread)}")
+    by_name: dict[str, list[dict]] = {}
+    for row in rows:
+        by_name.setdefault(row["ablation"], []).append(row)
+    out = []
+    for name, runs in by_name.items():
+        entry = {"ablation": name, "seeds": [r.get("seed") for r in runs]}
+        for readout, ref in spread.items():
+            values = [100 * (r[metric] if readout == "raw" else r["metrics_z"][metric])
+                      for r in runs if readout == "raw" or "metrics_z" in r]
+            mean = sum(values) / len(values) if values else None
+            d = None if mean is None else mean - ref["mean"]
+            entry.update({f"{readout} {metric}": mean, f"{readout} d": d,
+                          f"{readout} beyond": None if d is None else abs(d) > k * ref["std"]})
+        out.append(entry)
+    return out
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
     """Ablation rows as table rows: the metrics in percent, training time and speed, then (for
     rows that have `metrics_z`) the z readout's I-AUROC, AUPRO and mAD as `z I-AUROC` etc."""
