@@ -33,6 +33,22 @@ def test_plot_curves_one_line_per_curve():
         plots.plot_curves({"a": ([1, 2], [1])})
 
 
+def test_plot_against_band_fills_only_the_dots_outside_the_band():
+    entries = [{"ablation": "a", "seeds": [42], "raw mAD": 61.0, "raw beyond": True,
+                "z mAD": 66.0, "z beyond": False},
+               {"ablation": "b", "seeds": [42, 0], "raw mAD": 60.1, "raw beyond": False,
+                "z mAD": None, "z beyond": None}]
+    spread = {"raw": {"mean": 60.0, "std": 0.2, "n": 3}, "z": {"mean": 66.5, "std": 1.0, "n": 3}}
+    fig = plots.plot_against_band(entries, spread)
+    raw, z = fig.axes
+    filled = [line.get_markerfacecolor() for line in raw.get_lines() if line.get_marker() == "o"]
+    assert filled[0] != "none" and filled[1] == "none"
+    assert len([line for line in z.get_lines() if line.get_marker() == "o"]) == 1  # b has no z
+    assert [t.get_text() for t in raw.get_yticklabels()] == ["a (1)", "b (2)"]
+    (band,) = raw.patches
+    assert band.get_x() == pytest.approx(59.6) and band.get_width() == pytest.approx(0.8)
+
+
 def test_plot_kernels_scales_by_dt():
     kernel = impulse_response(0.1, -1.0, length=10)
     fig = plots.plot_kernels({"k": kernel}, dt=0.1)

@@ -205,3 +205,47 @@ def plot_image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols
             if titles is not None:
                 ax.set_title(titles[i], fontsize="small")
     return fig
+
+
+def plot_against_band(entries: Sequence[Mapping], spread: Mapping[str, Mapping],
+                      metric: str = "mAD", k: float = 2.0, title: str = "",
+                      figsize=(8, 3.6)) -> Figure:
+    """One panel per readout: each ablation's metric as a dot, beside the reference's band.
+
+    Args:
+        entries: rows of `studies.ablations.against_seed_spread` (keys "ablation", "seeds",
+            "{readout} {metric}", "{readout} beyond").
+        spread: {readout: {"mean", "std", "n"}} of the reference configuration over its seeds
+            (percent); the band is mean +- k std.
+        metric: the metric plotted.  k: the band's half-width in standard deviations.
+        title: figure title.  figsize: figure size in inches.
+
+    Returns:
+        the figure; dots outside the band are filled, dots inside are hollow, and each label
+        carries its number of seeds.
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, len(spread), sharey=True, squeeze=False)[0]
+    labels = [f"{e['ablation']} ({len(e['seeds'])})" for e in entries]
+    ys = np.arange(len(entries))
+    for ax, (readout, ref) in zip(axes, spread.items(), strict=True):
+        lo, hi = ref["mean"] - k * ref["std"], ref["mean"] + k * ref["std"]
+        ax.axvspan(lo, hi, color="tab:blue", alpha=0.15,
+                   label=f"v2: mean +- {k:g} std over {ref['n']} seeds")
+        ax.axvline(ref["mean"], color="tab:blue", lw=1)
+        for y, e in zip(ys, entries, strict=True):
+            value = e.get(f"{readout} {metric}")
+            if value is None:
+                continue
+            beyond = e.get(f"{readout} beyond")
+            ax.plot([value], [y], "o", color="tab:red" if beyond else "black",
+                    mfc="tab:red" if beyond else "none", ms=7)
+        ax.set_title(f"{readout} readout")
+        ax.set_xlabel(f"{metric} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(ys, labels)
+    axes[0].invert_yaxis()
+    axes[0].legend(loc="lower left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
