@@ -47,7 +47,7 @@ def test_ablation_table_and_resume(data, tmp_path, monkeypatch):
         for key in ablations.RUN_SETTINGS:
             del row[key]
     (out / "ablations.json").write_text(json.dumps(table))
-    assert ablations.main([*argv, "--z-readout"]) == 0
+    assert ablations.main([*argv, "--z-readout", "--notes", "two cores, shared"]) == 0
     assert (out / "recurrence_only" / "checkpoint.json").stat().st_mtime == mtime
     table = json.loads((out / "ablations.json").read_text())
     for row in table["rows"]:
@@ -56,6 +56,7 @@ def test_ablation_table_and_resume(data, tmp_path, monkeypatch):
         z_file = json.loads((out / row["ablation"] / "metrics_z.json").read_text())
         assert row["metrics_z"]["mAD"] == z_file["mean"]["mAD"]
     assert "z mAD" in (out / "ablations.md").read_text()
+    assert table["notes"] == "two cores, shared"
 
 
 def test_unknown_ablation_is_named(tmp_path, capsys):

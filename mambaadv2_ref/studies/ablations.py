@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated ablation names")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig field for every run, e.g. batch_size=16")
+    parser.add_argument("--notes", default=None,
+                        help="text kept in the table's JSON as `notes` (what a reader of the "
+                             "numbers must know, e.g. what shared the machine)")
     parser.add_argument("--z-readout", action="store_true",
                         help="also evaluate every run with the z readout (evaluate --readout z); "
                              "rows already in the table get it from their run folder")
@@ -323,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     table_path = out / "ablations.json"
     result = json.loads(table_path.read_text()) if table_path.exists() else {"rows": []}
     done = {r["ablation"]: r for r in result["rows"]}
+    if args.notes is not None and result.get("notes") != args.notes:
+        result["notes"] = args.notes
+        if result["rows"]:  # a table with no row yet is written with its first run
+            write_json(table_path, result)
     for name in names:
         if name in done:
             if complete_row(done[name], out / name, args.z_readout, args.device):
